@@ -1,0 +1,89 @@
+"""``transcoder convert``: one blob to a zstd file, or a whole image to a sink."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..blobs import convert_blob
+from ..codecs import ZstdParams
+from ..codecs.zstd import DEFAULT_LEVEL
+from ..digest import Digest
+from ..errors import UsageError
+from ..variants import VariantTable
+from .output import emit_json, human, parse_size, progress
+
+IMAGE_PREFIXES = ("oci:", "docker-archive:", "docker://")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "convert",
+        help="transcode a layer blob, or every layer of an image, to zstd",
+        description="Transcode a gzip (or tar, or zstd) layer blob to zstd with -o OUT, or convert a whole image "
+        "(oci:DIR[:REF], docker-archive:FILE, docker://HOST/REPO:TAG) into a sink with --to. "
+        "Already-recorded variants are reused, not recomputed.",
+    )
+    p.add_argument("src", metavar="SRC", help="blob file, '-' for stdin, or an image reference")
+    p.add_argument("-o", "--output", metavar="OUT", help="where to write the zstd blob (blob mode)")
+    p.add_argument("--to", metavar="SINK", help="sink spec for image mode, e.g. type=local,dest=DIR")
+    p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level 1-19 (default %(default)s)")
+    p.add_argument("--workers", type=int, default=None, help="zstd worker threads (default: number of cores)")
+    p.add_argument("--expect", metavar="DIGEST", help="refuse the source unless it hashes to this sha256 digest")
+    p.add_argument("--max-size", metavar="SIZE", help="refuse sources that decode to more than SIZE (e.g. 10GiB)")
+    p.add_argument("--mode", choices=["add", "replace"], default="add",
+                   help="image mode: keep gzip and add zstd (add, default) or zstd only (replace)")
+    p.add_argument("--tag", help="image mode: name of the result (default: the source's tag)")
+    p.add_argument("--platform", action="append", metavar="OS/ARCH[/VARIANT]",
+                   help="image mode: only these platforms (repeatable; default all)")
+    p.add_argument("--jobs", type=int, default=2, help="image mode: layers transcoded at once (default %(default)s)")
+    p.add_argument("--no-table", action="store_true", help="do not consult or update the variant table")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=run)
+
+
+def _common(args: argparse.Namespace) -> tuple[ZstdParams, Digest | None, int | None]:
+    params = ZstdParams(level=args.level)
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    try:
+        expect = Digest.parse(args.expect) if args.expect else None
+    except Exception as exc:
+        raise UsageError(f"--expect {args.expect!r}: not a sha256:<64 hex> digest") from exc
+    max_size = parse_size(args.max_size, "--max-size") if args.max_size else None
+    return params, expect, max_size
+
+
+def run(args: argparse.Namespace) -> int:
+    params, expect, max_size = _common(args)
+    if args.to or args.src.startswith(IMAGE_PREFIXES):
+        from .convert_image import run_image
+
+        return run_image(args, params, max_size)
+    if not args.output:
+        raise UsageError("convert: -o OUT is required for a blob (or use --to SINK with an image reference)")
+    table = None if args.no_table else VariantTable()
+    total = os.path.getsize(args.src) if args.src != "-" and os.path.isfile(args.src) else None
+    with progress(total, os.path.basename(args.src)) as tick:
+        result = convert_blob(
+            args.src, args.output, params=params, workers=args.workers, expect=expect, max_size=max_size,
+            table=table, progress=tick,
+        )
+    if args.json:
+        emit_json(result.to_json())
+    else:
+        _print_human(result)
+    return 0
+
+
+def _print_human(result: object) -> None:
+    from ..transcode import TranscodeResult
+
+    assert isinstance(result, TranscodeResult)
+    src, tgt = result.source, result.target
+    if result.noop:
+        print(f"nothing to do: {src.digest} is already zstd level {result.params.level}", file=sys.stderr)
+        return
+    how = "variant table hit" if result.cached else f"{result.seconds:.2f}s"
+    print(f"{src.digest} ({human(src.size)}) -> {tgt.digest} ({human(tgt.size)}), diffID {result.diff_id}, {how}")

@@ -1,0 +1,85 @@
+"""Streaming gzip decoding with ISA-L, multi-member aware.
+
+pigz, eStargz and ``cat a.gz b.gz`` produce several gzip members back to back;
+all of them are one valid stream. Anything after the last member that is not
+another member is an error: a layer with trailing garbage has a digest that
+hides bytes no client will ever look at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from isal import isal_zlib
+
+from ..errors import FormatError
+from .detect import GZIP_MAGIC
+
+# Bound the output of one decompress call so a small, highly compressed input
+# cannot allocate a huge buffer (a decompression bomb is stopped between calls).
+MAX_OUTPUT_PER_CALL = 4 << 20
+
+
+class GzipDecoder:
+    """Feed compressed chunks, iterate decoded chunks; call ``finish`` at EOF."""
+
+    def __init__(self, name: str = "input") -> None:
+        self._name = name
+        self._d = isal_zlib.decompressobj(31)
+        self._pending = b""  # bytes after a member end, before we know a new member starts
+        self._members = 0
+        self._in_member = True
+
+    def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
+        buf: bytes | memoryview = data
+        if self._pending:
+            buf = self._pending + bytes(data)
+            self._pending = b""
+        while buf:
+            if not self._in_member:
+                if len(buf) < 2:
+                    self._pending = bytes(buf)
+                    return
+                if bytes(buf[:2]) != GZIP_MAGIC:
+                    raise FormatError(f"{self._name}: garbage after gzip member {self._members}")
+                self._d = isal_zlib.decompressobj(31)
+                self._in_member = True
+            buf = yield from self._inflate(buf)
+
+    def _inflate(self, buf: bytes | memoryview) -> Iterator[bytes]:
+        try:
+            out = self._d.decompress(buf, MAX_OUTPUT_PER_CALL)
+            if out:
+                yield out
+            while self._d.unconsumed_tail and not self._d.eof:
+                out = self._d.decompress(self._d.unconsumed_tail, MAX_OUTPUT_PER_CALL)
+                if out:
+                    yield out
+        except isal_zlib.error as exc:
+            raise FormatError(f"{self._name}: corrupt gzip data in member {self._members + 1}: {exc}") from exc
+        if self._d.eof:
+            self._members += 1
+            self._in_member = False
+            return self._d.unused_data
+        return b""
+
+    def finish(self) -> None:
+        """Raise unless the input ended exactly at the end of a gzip member."""
+        if self._pending:
+            raise FormatError(f"{self._name}: garbage after gzip member {self._members}")
+        if self._in_member:
+            if self._members == 0:
+                raise FormatError(f"{self._name}: truncated gzip stream (no complete member)")
+            raise FormatError(f"{self._name}: truncated gzip stream in member {self._members + 1}")
+
+    @property
+    def members(self) -> int:
+        return self._members
+
+
+def iter_gzip(read: Callable[[int], bytes], name: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Decode a whole gzip stream pulled through ``read``."""
+    decoder = GzipDecoder(name)
+    while data := read(chunk):
+        yield from decoder.feed(data)
+    decoder.finish()

@@ -1,0 +1,183 @@
+"""zstd parameters, encoder and decoder (the ``zstandard`` package).
+
+Determinism: libzstd's multi-threaded mode (``threads >= 1``) cuts the input
+into jobs whose size depends on the level and window only, never on the number
+of worker threads, so its output is byte-identical for any worker count at a
+fixed libzstd version. Single-threaded mode (``threads=0``) lays blocks out
+differently, so it is never used: one worker means one zstd worker thread.
+The libzstd version is therefore part of a variant's identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+
+from ..errors import FormatError, UsageError
+from .detect import ZSTD_MAGIC
+
+MIN_LEVEL = 1
+MAX_LEVEL = 19
+DEFAULT_LEVEL = 3
+# One frame, cut into jobs by libzstd's multi-threaded compressor.
+STRATEGY = "zstdmt-single-frame"
+READ_SIZE = 1 << 20
+
+
+def libzstd_version() -> str:
+    return ".".join(str(p) for p in zstandard.ZSTD_VERSION)
+
+
+@dataclass(frozen=True)
+class ZstdParams:
+    """Everything that decides the output bytes; the variant's identity."""
+
+    level: int = DEFAULT_LEVEL
+    strategy: str = STRATEGY
+    library: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.level, bool) or not isinstance(self.level, int) or not MIN_LEVEL <= self.level <= MAX_LEVEL:
+            raise UsageError(f"--level {self.level!r}: zstd level must be {MIN_LEVEL} to {MAX_LEVEL}")
+        if not self.library:
+            object.__setattr__(self, "library", "libzstd " + libzstd_version())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"codec": "zstd", "level": self.level, "strategy": self.strategy, "library": self.library}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ZstdParams:
+        if not isinstance(obj, dict) or obj.get("codec") != "zstd":
+            raise FormatError(f"unknown codec in variant parameters: {obj!r:.80}")
+        return cls(level=int(obj["level"]), strategy=str(obj["strategy"]), library=str(obj["library"]))
+
+    @property
+    def key(self) -> str:
+        """Stable short identity, usable in cache keys and file names."""
+        blob = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+        return f"zstd-{self.level}-" + hashlib.sha256(blob).hexdigest()[:12]
+
+    @property
+    def producible(self) -> bool:
+        """True when this process's libzstd makes exactly these bytes."""
+        return self.strategy == STRATEGY and self.library == "libzstd " + libzstd_version()
+
+    def compressor(self, workers: int) -> zstandard.ZstdCompressor:
+        return zstandard.ZstdCompressor(level=self.level, threads=max(1, workers))
+
+
+class FrameWalker:
+    """Tracks zstd frame structure from block headers, to tell a complete
+    stream from a truncated one (libzstd's streaming reader does not).
+
+    Cost is one small parse per 128 KiB block; bytes are not copied.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._buf = bytearray()
+        self._skip = 0  # payload bytes still to pass over
+        self._state = "magic"
+        self._checksum = False
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            if self._skip:
+                n = min(self._skip, len(view))
+                self._skip -= n
+                view = view[n:]
+                continue
+            need = self._need()
+            take = min(need - len(self._buf), len(view))
+            self._buf += view[:take]
+            view = view[take:]
+            if len(self._buf) == self._need():
+                self._step()
+
+    def _need(self) -> int:
+        if self._state == "magic":
+            return 4
+        if self._state == "fhd":
+            return 1
+        if self._state == "header":
+            return self._header_len
+        if self._state == "skippable":
+            return 4
+        return 3  # block header
+
+    def _step(self) -> None:
+        buf = bytes(self._buf)
+        self._buf.clear()
+        if self._state == "magic":
+            self._on_magic(buf)
+        elif self._state == "fhd":
+            self._on_fhd(buf[0])
+        elif self._state == "header":
+            self._state = "block"
+        elif self._state == "skippable":
+            self._skip = int.from_bytes(buf, "little")
+            self._state = "magic"
+        else:
+            self._on_block(buf)
+
+    def _on_magic(self, buf: bytes) -> None:
+        if buf == ZSTD_MAGIC:
+            self._state = "fhd"
+        elif buf[1:] == b"\x2a\x4d\x18" and (buf[0] & 0xF0) == 0x50:
+            self._state = "skippable"
+        else:
+            raise FormatError(f"{self._name}: garbage after zstd frame")
+
+    def _on_fhd(self, fhd: int) -> None:
+        fcs_flag, single, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+        self._checksum = bool(fhd & 4)
+        fcs = (1 if single else 0, 2, 4, 8)[fcs_flag]
+        self._header_len = (0 if single else 1) + (0, 1, 2, 4)[dict_flag] + fcs
+        self._state = "header" if self._header_len else "block"
+
+    def _on_block(self, buf: bytes) -> None:
+        header = int.from_bytes(buf, "little")
+        last, kind, size = header & 1, (header >> 1) & 3, header >> 3
+        if kind == 3:
+            raise FormatError(f"{self._name}: corrupt zstd block header")
+        self._skip = 1 if kind == 1 else size
+        if last:
+            self._skip += 4 if self._checksum else 0
+            self._state = "magic"
+
+    def finish(self) -> None:
+        if self._state != "magic" or self._buf or self._skip:
+            raise FormatError(f"{self._name}: truncated zstd stream")
+
+
+class _WalkedReader:
+    """File-like view of a read function that feeds a FrameWalker."""
+
+    def __init__(self, read: Callable[[int], bytes], walker: FrameWalker) -> None:
+        self._read = read
+        self._walker = walker
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._read(n if n > 0 else READ_SIZE)
+        self._walker.feed(data)
+        return data
+
+
+def iter_zstd(read: Callable[[int], bytes], name: str) -> Iterator[bytes]:
+    """Decode concatenated zstd frames; output is bounded per chunk."""
+    walker = FrameWalker(name)
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        _WalkedReader(read, walker), read_size=READ_SIZE, read_across_frames=True, closefd=False
+    )
+    try:
+        while chunk := reader.read(READ_SIZE):
+            yield chunk
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{name}: corrupt zstd data: {exc}") from exc
+    walker.finish()

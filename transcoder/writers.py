@@ -1,0 +1,116 @@
+"""Blob writers: where the pipeline's output goes until it is committed.
+
+Contract (containerd's content Writer): ``write`` any number of times, then
+exactly one of ``commit(size, digest)`` or ``abort()``. ``commit`` makes the
+bytes visible only if their size and digest match what the caller computed;
+``abort`` leaves nothing behind. Writers are context managers that abort when
+the block exits without a commit, so an exception never leaves half a blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from .digest import Digest
+from .errors import DigestMismatch, SizeMismatch, StoreError
+
+
+class BlobWriter(Protocol):
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    def commit(self, size: int, digest: Digest) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class WriterBase:
+    """Hashes and counts what it is given, so every writer can refuse a bad commit."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self.done = False
+
+    def _account(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+        self._size += len(data)
+
+    def _check(self, size: int, digest: Digest) -> None:
+        if self._size != size:
+            raise SizeMismatch(f"{self.name}: wrote {self._size} bytes, expected {size}")
+        actual = Digest.from_hasher(self._hash)
+        if actual != digest:
+            raise DigestMismatch(f"{self.name}: wrote {actual}, expected {digest}")
+
+    def __enter__(self) -> WriterBase:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if not self.done:
+            self.abort()
+
+    def abort(self) -> None:  # pragma: no cover - overridden
+        self.done = True
+
+
+class FileWriter(WriterBase):
+    """Writes beside ``path`` and renames into place on commit (atomic on POSIX)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        super().__init__(str(self.path))
+        self._fsync = fsync
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".ingest", dir=self.path.parent or ".")
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb", buffering=0)
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._account(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def commit(self, size: int, digest: Digest) -> None:
+        try:
+            self._check(size, digest)
+            if self._fsync:
+                os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        except Exception:
+            self.abort()
+            raise
+        self.done = True
+
+    def abort(self) -> None:
+        self.done = True
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class NullWriter(WriterBase):
+    """Discards output (benchmarks, dry runs) but still checks the commit."""
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._account(data)
+
+    def commit(self, size: int, digest: Digest) -> None:
+        self._check(size, digest)
+        self.done = True
+
+    def abort(self) -> None:
+        self.done = True
