@@ -69,9 +69,10 @@ class TranscodeResult:
 class _SourceReader:
     """Reads the source, hashing and counting every byte exactly once."""
 
-    def __init__(self, stream: BinaryIO, progress: Progress | None) -> None:
+    def __init__(self, stream: BinaryIO, progress: Progress | None, tee: BlobWriter | None = None) -> None:
         self._stream = stream
         self._progress = progress
+        self._tee = tee
         self.hash = hashlib.sha256()
         self.size = 0
         self._head = b""
@@ -92,6 +93,8 @@ class _SourceReader:
         if data:
             self.hash.update(data)
             self.size += len(data)
+            if self._tee is not None:
+                self._tee.write(data)
             if self._progress:
                 self._progress(len(data))
         return data
@@ -161,14 +164,18 @@ def transcode_stream(
     max_size: int | None = None,
     name: str = "input",
     progress: Progress | None = None,
+    tee: BlobWriter | None = None,
 ) -> TranscodeResult:
     """Transcode one layer blob to zstd; commit to ``writer`` only if all checks pass.
 
-    Always either commits or aborts the writer, even on error or interrupt.
+    ``tee``, if given, receives the source bytes as they are read and is
+    committed under the source digest, so a sink can keep the canonical blob
+    without a second read. Always either commits or aborts every writer, even
+    on error or interrupt.
     """
     params = params or ZstdParams()
     started = time.perf_counter()
-    src = _SourceReader(stream, progress)
+    src = _SourceReader(stream, progress, tee)
     chunks: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
     info = _Decoded()
     thread = threading.Thread(target=_decode_thread, args=(src, name, max_size, chunks, info), daemon=True)
@@ -180,9 +187,13 @@ def transcode_stream(
         assert info.diff_id is not None
         target = Descriptor(OCI_LAYER_ZSTD, Digest.from_hasher(out_hash), out_size)
         writer.commit(out_size, target.digest)
+        if tee is not None:
+            tee.commit(src.size, source_digest)
     except BaseException:
         _drain(chunks, thread)
         writer.abort()
+        if tee is not None:
+            tee.abort()
         raise
     source = Descriptor(MEDIA_TYPES[info.fmt], source_digest, src.size)
     noop = source.digest == target.digest
