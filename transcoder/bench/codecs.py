@@ -1,0 +1,159 @@
+"""The encoders and decoders a benchmark compares, and the ``--codecs`` /
+``--levels`` grammar that selects them.
+
+Each codec is fed an in-memory tar in 1 MiB pieces, as the transcode pipeline
+feeds it (so a zstd size here is the size ``convert`` produces), and decodes in
+1 MiB output pieces that are discarded, as a puller streaming into an unpacker
+would. Memory, not disk, holds every input, so the numbers are the codec's.
+gzip is made by two libraries: ISA-L (levels 0-3, what this project decodes
+with) and zlib (levels 1-9, what ``gzip -N`` and most clients use).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import zstandard
+from isal import isal_zlib
+
+from ..codecs import ZstdParams
+from ..errors import UsageError
+
+OUT_PIECE = 1 << 20
+IN_PIECE = 1 << 20
+
+
+class _Compressobj(Protocol):
+    def compress(self, data: memoryview, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+def _feed(cobj: _Compressobj, data: bytes) -> bytes:
+    view = memoryview(data)
+    parts = [cobj.compress(view[i : i + IN_PIECE]) for i in range(0, len(view), IN_PIECE)]
+    parts.append(cobj.flush())
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One (format, library) pair; ``name`` is what ``--codecs`` accepts."""
+
+    name: str
+    format: str  # "gzip" or "zstd": the layer media type it produces
+    library: str  # short library name shown in tables
+    levels: range
+    default_levels: tuple[int, ...]
+    compress: Callable[[bytes, int, int], bytes]  # (data, level, workers) -> blob
+    decode: Callable[[bytes], Iterator[bytes]]  # blob -> decoded pieces
+
+    def label(self, level: int) -> str:
+        return f"{self.format}/{self.library}-{level}" if self.format == "gzip" else f"{self.format}-{level}"
+
+
+def _inflate(blob: bytes, new: Callable[[], zlib._Decompress]) -> Iterator[bytes]:
+    """Decode every gzip member in ``blob`` (pigz and ``cat`` make several)."""
+    data: bytes | memoryview = memoryview(blob)
+    while data:
+        d = new()
+        out = d.decompress(data, OUT_PIECE)
+        while True:
+            if out:
+                yield out
+            if d.eof or not d.unconsumed_tail:
+                break
+            out = d.decompress(d.unconsumed_tail, OUT_PIECE)
+        if not d.eof:
+            raise zlib.error("truncated gzip stream")
+        data = d.unused_data
+
+
+def _zstd_decode(blob: bytes) -> Iterator[bytes]:
+    reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
+    while piece := reader.read(OUT_PIECE):
+        yield piece
+
+
+def _zstd_compress(data: bytes, level: int, workers: int) -> bytes:
+    # Same parameters as the pipeline (ZstdParams.compressor: threads >= 1,
+    # the layout that is identical for any worker count).
+    return _feed(ZstdParams(level).compressor(workers).compressobj(), data)
+
+
+ISAL = Codec(
+    "isal", "gzip", "isal", range(0, 4), (1, 2, 3),
+    lambda data, level, _w: _feed(isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31), data),
+    lambda blob: _inflate(blob, lambda: isal_zlib.decompressobj(31)),
+)
+ZLIB = Codec(
+    "zlib", "gzip", "zlib", range(1, 10), (1, 6, 9),
+    lambda data, level, _w: _feed(zlib.compressobj(level, zlib.DEFLATED, 31), data),
+    lambda blob: _inflate(blob, lambda: zlib.decompressobj(31)),
+)
+ZSTD = Codec("zstd", "zstd", "libzstd", range(1, 20), (1, 3, 6, 9, 12, 15, 19), _zstd_compress, _zstd_decode)
+
+CODECS = {c.name: c for c in (ISAL, ZLIB, ZSTD)}
+ALIASES = {"gzip": ("isal", "zlib")}
+# Decoders for a blob as published, by detected format.
+DECODERS: dict[str, tuple[Codec, ...]] = {"gzip": (ISAL, ZLIB), "zstd": (ZSTD,)}
+
+
+def parse_codecs(text: str) -> list[Codec]:
+    """'gzip,zstd' -> [isal, zlib, zstd]; unknown names are a usage error."""
+    names: list[str] = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if name not in CODECS and name not in ALIASES:
+            known = ", ".join([*ALIASES, *CODECS])
+            raise UsageError(f"--codecs {raw.strip()!r}: unknown codec (known: {known})")
+        for n in ALIASES.get(name, (name,)):
+            if n not in names:
+                names.append(n)
+    return [CODECS[n] for n in names]
+
+
+def _parse_list(text: str, codec: Codec, option: str) -> list[int]:
+    if text.strip().lower() == "all":
+        return list(codec.levels)
+    levels: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            span = range(int(lo), int(hi) + 1) if sep else range(int(lo), int(lo) + 1)
+        except ValueError:
+            raise UsageError(f"{option}: {part.strip()!r} is not a level, a range A-B or 'all'") from None
+        for level in span:
+            if level not in codec.levels:
+                first, last = codec.levels[0], codec.levels[-1]
+                raise UsageError(f"{option}: {codec.name} level {level} is out of range ({first} to {last})")
+            if level not in levels:
+                levels.append(level)
+    if not levels:
+        raise UsageError(f"{option}: no levels given")
+    return levels
+
+
+def parse_levels(specs: list[str], codecs: list[Codec]) -> dict[str, list[int]]:
+    """Each spec is ``LIST`` (every selected codec) or ``CODEC=LIST``; later specs win.
+
+    LIST is ``3``, ``1,3,9``, ``1-19`` or ``all``; ``gzip=`` sets isal and zlib.
+    """
+    chosen = {c.name: list(c.default_levels) for c in codecs}
+    for spec in specs:
+        target, sep, rest = spec.partition("=")
+        option = f"--levels {spec!r}"
+        if not sep:
+            for c in codecs:
+                chosen[c.name] = _parse_list(spec, c, option)
+            continue
+        name = target.strip().lower()
+        names = ALIASES.get(name, (name,))
+        for n in names:
+            if n not in chosen:
+                raise UsageError(f"{option}: codec {target.strip()!r} is not among --codecs ({', '.join(chosen)})")
+            chosen[n] = _parse_list(rest, CODECS[n], option)
+    return chosen

@@ -1,0 +1,48 @@
+"""``transcoder restore``: rebuild an image from a sink into an OCI layout."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import TranscoderError, UsageError
+from ..images.restore import restore
+from ..sinks import open_sink
+from .output import emit_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "restore", help="rebuild an image from a sink into a local OCI layout",
+        description="Copy IMAGE from SINK into an OCI layout (usable as a buildx oci-layout:// context), "
+        "choosing the zstd or gzip manifest of each platform; every blob's digest is checked.",
+    )
+    p.add_argument("sink", metavar="SINK", help="sink spec, e.g. type=gha,scope=main")
+    p.add_argument("image", metavar="IMAGE", help="image name (tag) in the sink")
+    p.add_argument("-o", "--output", required=True, metavar="oci:DIR", help="destination OCI layout")
+    p.add_argument("--compression", choices=["zstd", "gzip"], default="zstd", help="which variant to restore")
+    p.add_argument("--tag", help="name in the destination (default: IMAGE)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.output.startswith("oci:"):
+        raise UsageError(f"-o {args.output!r}: expected oci:DIR")
+    dest = args.output[4:]
+    sink = open_sink(args.sink)
+    try:
+        result = restore(sink, args.image, dest, args.compression, args.tag)
+    except TranscoderError as exc:
+        if getattr(sink, "ignore_errors", False):
+            print(f"transcoder: warning: {exc} (ignore-error=true)", file=sys.stderr)
+            return 0
+        raise
+    finally:
+        sink.close()
+    if args.json:
+        emit_json(result.to_json())
+    else:
+        print(f"{result.name}: {result.root.digest}, {len(result.manifests)} manifest(s), {result.blobs} blob(s), "
+              f"{result.seconds:.2f}s")
+    return 0

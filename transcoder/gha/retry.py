@@ -1,0 +1,150 @@
+"""Retry policy and client-side rate limit for the cache service.
+
+What is retried (and only that): :class:`~transcoder.errors.TransientError`,
+which the protocol modules raise for 429, 500/502/503/504, non-JSON bodies,
+connection resets and timeouts. A 429's ``Retry-After`` is honoured when it
+fits in the remaining time budget (the sink's ``timeout``), otherwise the call
+fails at once rather than sleeping past the deadline; everything else backs
+off exponentially with jitter, capped. The budget is per call, as BuildKit's
+``timeout`` is per request.
+
+The service allows 200 entry uploads per minute per repository and answers
+429 beyond that; :class:`UploadRateLimiter` keeps this process under its own
+share without waiting for the server to push back.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
+
+import httpx
+import tenacity
+
+from ..errors import SinkError, TransientError
+
+T = TypeVar("T")
+RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+DEFAULT_UPLOADS_PER_MINUTE = 150
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds (integer seconds or an HTTP date), if present and sane."""
+    value = resp.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def is_retryable_status(status: int) -> bool:
+    return status == 429 or status in RETRYABLE_STATUS
+
+
+class RetryPolicy:
+    """Runs a call until it succeeds, fails permanently, or the budget runs out."""
+
+    def __init__(
+        self, timeout: float, *, max_attempts: int = 8, initial: float = 0.5, max_wait: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.initial = initial
+        self.max_wait = max_wait
+        self.sleep = sleep
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        deadline = time.monotonic() + self.timeout
+        backoff = tenacity.wait_exponential_jitter(initial=self.initial, max=self.max_wait, jitter=self.initial)
+
+        def remaining() -> float:
+            return deadline - time.monotonic()
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            hint = _hint(state)
+            delay = hint if hint is not None else backoff(state)
+            return max(0.0, min(delay, remaining()))
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            hint = _hint(state)
+            too_long = hint is not None and hint > remaining()
+            return state.attempt_number >= self.max_attempts or remaining() <= 0 or too_long
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientError), wait=wait, stop=stop, sleep=self.sleep, reraise=True,
+        )
+        try:
+            return retrying(fn)
+        except TransientError as exc:
+            raise _gave_up(exc, what, retrying.statistics.get("attempt_number", 1), remaining()) from exc
+
+
+def _hint(state: tenacity.RetryCallState) -> float | None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return exc.retry_after if isinstance(exc, TransientError) else None
+
+
+def _gave_up(exc: TransientError, what: str, attempts: int, remaining: float) -> TransientError:
+    if exc.retry_after is not None and exc.retry_after > remaining:
+        why = f"requested delay {exc.retry_after:.0f}s exceeds the remaining timeout"
+    elif remaining <= 0:
+        why = "timeout reached"
+    else:
+        why = f"gave up after {attempts} attempts"
+    msg = str(exc) if str(exc).startswith(what) else f"{what}: {exc}"
+    return TransientError(f"{msg} ({why})", exc.retry_after)
+
+
+def transport_error(exc: httpx.TransportError, what: str) -> SinkError:
+    """Connection problems are transient; httpx's messages carry no URL or header."""
+    name = type(exc).__name__
+    detail = str(exc) or name
+    return TransientError(f"{what}: {name}: {detail}" if detail != name else f"{what}: {name}")
+
+
+def is_ambiguous(exc: BaseException) -> bool:
+    """Could the server have acted on a request that failed this way?"""
+    if isinstance(exc, TransientError):
+        return getattr(exc, "ambiguous", True)
+    return False
+
+
+class UploadRateLimiter:
+    """At most ``per_minute`` entry creations in any sliding 60 s window (thread-safe)."""
+
+    def __init__(self, per_minute: int = DEFAULT_UPLOADS_PER_MINUTE, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if per_minute < 1:
+            raise ValueError("per_minute must be at least 1")
+        self.per_minute = per_minute
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._sleep = sleep
+        self.waited = 0.0
+
+    def acquire(self) -> None:
+        """Block until one more creation fits in the window, then count it."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                while self._times and now - self._times[0] >= 60.0:
+                    self._times.popleft()
+                if len(self._times) < self.per_minute:
+                    self._times.append(now)
+                    return
+                delay = 60.0 - (now - self._times[0])
+            self.waited += delay
+            self._sleep(delay)

@@ -1,0 +1,205 @@
+"""Convert a whole image into a sink: every layer gets its zstd variant, the
+canonical manifests stay, and an index offers both (gzip first).
+
+Everything small (manifests, indexes, configs) is read and checked before
+anything is written, so malformed or hostile input fails without touching the
+sink. Layers are then transcoded in parallel (bounded), each distinct layer
+once. The image record is written last: a failure before it leaves the
+sink's images and records unchanged (at most unreferenced, verified blobs
+that ``gc`` removes).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..codecs import ZstdParams
+from ..descriptor import (
+    ANNOTATION_REF_NAME,
+    ANNOTATION_ZSTD,
+    INDEX_TYPES,
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    platform_string,
+)
+from ..digest import Digest, check_digest
+from ..errors import ManifestError, UsageError
+from ..records import ImageRecord
+from ..sinks.base import Sink, put_bytes
+from ..variants import VariantTable
+from .layers import LayerJob, LayerOutcome, ProgressFactory
+from .model import Index, Manifest, build_index, canonical_json, matches_platform, oci_config_type, parse, platform_of_config
+from .source import ImageSource
+
+MAX_DEPTH = 4
+NAME_ANNOTATIONS = frozenset({ANNOTATION_REF_NAME, "io.containerd.image.name"})
+
+
+@dataclass
+class Platformed:
+    """A manifest with its platform and its config bytes, all verified."""
+
+    desc: Descriptor
+    manifest: Manifest
+    raw: bytes
+    config: bytes
+
+
+@dataclass
+class Plan:
+    root: Descriptor
+    tag: str | None
+    index: Index | None
+    manifests: list[Platformed] = field(default_factory=list)
+
+
+@dataclass
+class ImageResult:
+    name: str
+    source_root: Descriptor
+    root: Descriptor
+    mode: str
+    layers: list[LayerOutcome]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        before = sum(o.source.size for o in self.layers)
+        after = sum(o.target.size for o in self.layers)
+        return {
+            "name": self.name,
+            "mode": self.mode,
+            "source": self.source_root.to_json(),
+            "root": self.root.to_json(),
+            "layers": [o.to_json() for o in self.layers],
+            "converted": sum(o.status == "converted" for o in self.layers),
+            "hits": sum(o.status == "hit" for o in self.layers),
+            "bytes_before": before,
+            "bytes_after": after,
+            "seconds": round(self.seconds, 6),
+        }
+
+
+def read_blob_verified(source: ImageSource, desc: Descriptor, what: str) -> bytes:
+    if desc.size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{what}: {desc.size} bytes is over the {MAX_MANIFEST_BYTES} byte limit")
+    with source.open_blob(desc) as f:
+        data = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) != desc.size:
+        raise ManifestError(f"{what}: blob is {len(data)} bytes, descriptor says {desc.size}")
+    check_digest(data, desc.digest, what)
+    return data
+
+
+def plan(source: ImageSource, platforms: list[str] | None) -> Plan:
+    root, tag = source.resolve()
+    # Name annotations belong to the store's index.json, not to our documents.
+    root = root.replace(annotations={k: v for k, v in root.annotations.items() if k not in NAME_ANNOTATIONS})
+    result = Plan(root, tag, None)
+    _visit(source, root, result, platforms, set(), 0)
+    if not result.manifests:
+        raise ManifestError(f"{source.name}: no manifest matches platform {platforms}")
+    return result
+
+
+def _visit(source: ImageSource, desc: Descriptor, out: Plan, platforms: list[str] | None, seen: set[Digest], depth: int) -> None:
+    if desc.digest in seen or depth > MAX_DEPTH:
+        raise ManifestError(f"{source.name}: index {desc.digest} refers to itself (or nests too deep)")
+    seen = seen | {desc.digest}
+    raw = source.get_manifest(desc)
+    doc = parse(raw, desc, source.name)
+    if isinstance(doc, Index):
+        if depth == 0:
+            out.index = doc
+        for child in doc.manifests:
+            if child.media_type in INDEX_TYPES or matches_platform(child.platform, platforms) or child.platform is None:
+                _visit(source, child, out, platforms, seen, depth + 1)
+        return
+    config = read_blob_verified(source, doc.config, f"{source.name}: config {doc.config.digest}")
+    platform = desc.platform or platform_of_config(config, f"{source.name}: config {doc.config.digest}")
+    if not matches_platform(platform, platforms):
+        return
+    out.manifests.append(Platformed(desc.replace(platform=platform or None), doc, raw, config))
+
+
+@dataclass
+class ConvertOptions:
+    params: ZstdParams = field(default_factory=ZstdParams)
+    mode: str = "add"
+    tag: str | None = None
+    platforms: list[str] | None = None
+    jobs: int = 2
+    workers: int | None = None
+    max_size: int | None = None
+    table: VariantTable | None = None
+    progress: ProgressFactory | None = None
+
+
+def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None = None) -> ImageResult:
+    opts = opts or ConvertOptions()
+    if opts.mode not in ("add", "replace"):
+        raise UsageError(f"--mode {opts.mode!r}: expected add or replace")
+    started = time.perf_counter()
+    p = plan(source, opts.platforms)
+    name = opts.tag or p.tag
+    if not name:
+        raise UsageError(f"{source.name}: the image has no tag; name the result with --tag")
+    job = LayerJob(source, sink, opts.params, opts.mode == "add", opts.table, opts.workers, opts.max_size, opts.progress)
+    outcomes = _run_layers(job, p, opts.jobs)
+    root = _write_manifests(source, sink, p, outcomes, opts.mode)
+    sink.put_image(ImageRecord(name, root))
+    layers = [outcomes[d] for d in dict.fromkeys(l.digest for m in p.manifests for l in m.manifest.layers)]
+    return ImageResult(name, p.root, root, opts.mode, layers, time.perf_counter() - started)
+
+
+def _run_layers(job: LayerJob, p: Plan, jobs: int) -> dict[Digest, LayerOutcome]:
+    unique = {l.digest: l for m in p.manifests for l in m.manifest.layers}
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="layer") as pool:
+        futures = {d: pool.submit(job.run, l) for d, l in unique.items()}
+        errors = [f.exception() for f in futures.values() if f.exception() is not None]
+    if errors:
+        raise errors[0]  # type: ignore[misc]
+    return {d: f.result() for d, f in futures.items()}
+
+
+def _zstd_manifest(m: Platformed, outcomes: dict[Digest, LayerOutcome]) -> tuple[bytes, bool]:
+    layers = []
+    for l in m.manifest.layers:
+        t = outcomes[l.digest].target
+        layers.append(l.replace(media_type=t.media_type, digest=t.digest, size=t.size))
+    changed = any(a.digest != b.digest for a, b in zip(layers, m.manifest.layers, strict=True))
+    config = m.manifest.config.replace(media_type=oci_config_type(m.manifest.config.media_type))
+    return canonical_json(m.manifest.with_layers(layers, OCI_MANIFEST, config)), changed
+
+
+def _write_manifests(source: ImageSource, sink: Sink, p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str) -> Descriptor:
+    entries: list[Descriptor] = []
+    for m in p.manifests:
+        put_bytes(sink, m.config, m.manifest.config.media_type)
+        zdata, changed = _zstd_manifest(m, outcomes)
+        if mode == "add" or not changed:
+            sink.put_manifest(m.raw, m.desc.media_type)
+            entries.append(m.desc)
+        if changed:
+            zdesc = sink.put_manifest(zdata, OCI_MANIFEST)
+            notes = {ANNOTATION_ZSTD: "true"} if mode == "add" else {}
+            entries.append(zdesc.replace(platform=m.desc.platform, annotations={**m.desc.annotations, **notes}))
+    if mode == "replace" and p.index is None and len(entries) == 1:
+        return entries[0].replace(platform=None, annotations={})
+    return sink.put_manifest(canonical_json(build_index(entries, p.index)), OCI_INDEX)
+
+
+def describe(result: ImageResult) -> list[str]:
+    lines = []
+    for o in result.layers:
+        lines.append(f"  {o.source.digest.short} {o.source.size:>12} -> {o.target.digest.short} {o.target.size:>12}  "
+                     f"{o.status} {o.seconds:.2f}s")
+    lines.append(f"{result.name}: {result.root.digest} ({result.mode}), {result.seconds:.2f}s")
+    return lines
+
+
+__all__ = ["ConvertOptions", "ImageResult", "convert_image", "describe", "plan", "platform_string"]

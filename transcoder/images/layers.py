@@ -1,0 +1,118 @@
+"""One layer into a sink: reuse a known variant, or transcode it once.
+
+Order of preference for a gzip (or tar) layer: a variant the local table
+knows and the sink still holds; a variant record the sink itself holds (left
+there by another machine); otherwise transcode, teeing the canonical bytes
+into the sink when it lacks them so the source is read exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from ..codecs import ZstdParams
+from ..descriptor import GZIP_LAYER_TYPES, OCI_LAYER_ZSTD, TAR_LAYER_TYPES, ZSTD_LAYER_TYPES, Descriptor
+from ..records import VariantRecord
+from ..sinks.base import Sink
+from ..transcode import Progress, transcode_stream
+from ..variants import VariantTable
+from .source import ImageSource
+
+ProgressFactory = Callable[[Descriptor], AbstractContextManager[Progress | None]]
+
+
+def copy_blob(source: ImageSource, sink: Sink, desc: Descriptor) -> None:
+    """Stream a blob from ``source`` into ``sink``, verified; skip if present."""
+    if sink.stat_blob(desc.digest) == desc.size:
+        return
+    writer = sink.blob_writer(desc.media_type, key_hint=str(desc.digest), size_hint=desc.size)
+    try:
+        with source.open_blob(desc) as f:
+            while block := f.read(1 << 20):
+                writer.write(block)
+        writer.commit(desc.size, desc.digest)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+@dataclass(frozen=True)
+class LayerOutcome:
+    source: Descriptor
+    target: Descriptor
+    status: str  # "converted", "hit" (variant reused), "zstd" (already zstd), "kept" (not a tar layer)
+    diff_id: str | None
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": {"digest": str(self.source.digest), "size": self.source.size, "media_type": self.source.media_type},
+            "target": {"digest": str(self.target.digest), "size": self.target.size, "media_type": self.target.media_type},
+            "status": self.status,
+            "diff_id": self.diff_id,
+            "seconds": round(self.seconds, 6),
+        }
+
+
+@dataclass
+class LayerJob:
+    source: ImageSource
+    sink: Sink
+    params: ZstdParams
+    keep_canonical: bool
+    table: VariantTable | None
+    workers: int | None
+    max_size: int | None
+    progress: ProgressFactory | None = None
+
+    def run(self, layer: Descriptor) -> LayerOutcome:
+        started = time.perf_counter()
+        if layer.media_type not in GZIP_LAYER_TYPES | TAR_LAYER_TYPES:
+            # Already zstd, or not a filesystem layer (attestations): carried as is.
+            self.copy(layer)
+            status = "zstd" if layer.media_type in ZSTD_LAYER_TYPES else "kept"
+            return LayerOutcome(layer, layer, status, None, time.perf_counter() - started)
+        rec = self.known_variant(layer)
+        if rec is not None:
+            if self.keep_canonical:
+                self.copy(layer)
+            return LayerOutcome(layer, rec.target, "hit", str(rec.diff_id), time.perf_counter() - started)
+        rec = self.transcode(layer)
+        return LayerOutcome(layer, rec.target, "converted", str(rec.diff_id), time.perf_counter() - started)
+
+    def known_variant(self, layer: Descriptor) -> VariantRecord | None:
+        candidates: list[VariantRecord] = []
+        if self.table is not None and (rec := self.table.find(layer.digest, self.params)) is not None:
+            candidates.append(rec)
+        candidates += [r for r in self.sink.find_variants(layer.digest) if r.params.key == self.params.key]
+        for rec in candidates:
+            if rec.source.size == layer.size and self.sink.stat_blob(rec.target.digest) == rec.target.size:
+                return rec
+        return None
+
+    def copy(self, desc: Descriptor) -> None:
+        copy_blob(self.source, self.sink, desc)
+
+    def transcode(self, layer: Descriptor) -> VariantRecord:
+        tee = None
+        if self.keep_canonical and self.sink.stat_blob(layer.digest) != layer.size:
+            tee = self.sink.blob_writer(layer.media_type, key_hint=str(layer.digest), size_hint=layer.size)
+        writer = self.sink.blob_writer(
+            OCI_LAYER_ZSTD, key_hint=f"{layer.digest}-{self.params.key}"
+        )
+        bar = self.progress(layer) if self.progress else nullcontext(None)
+        with bar as tick, self.source.open_blob(layer) as stream:
+            result = transcode_stream(
+                stream, writer, params=self.params, workers=self.workers, expect=layer.digest, expect_size=layer.size,
+                max_size=self.max_size, name=f"{self.source.name}: layer {layer.digest}", progress=tick, tee=tee,
+            )
+        source = Descriptor(layer.media_type, result.source.digest, result.source.size)
+        rec = VariantRecord(source, result.diff_id, result.target, result.params)
+        self.sink.put_variant(rec)
+        if self.table is not None:
+            self.table.record(rec, {result.target.digest: self.sink.location})
+        return rec

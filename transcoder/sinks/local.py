@@ -1,0 +1,167 @@
+"""``type=local,dest=DIR``: a local OCI image layout used as a cache store.
+
+The directory is a valid OCI layout (skopeo and containerd read it). Our own
+state lives beside the blobs in ``DIR/.transcoder/``: the ingest area for
+uncommitted writes, variant records, and per-image use times for ``gc``.
+Blob commits are atomic renames after size and digest checks; ``index.json``
+is rewritten under an exclusive lock, so concurrent converters both land.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..descriptor import ANNOTATION_REF_NAME
+from ..digest import Digest
+from ..errors import NotFound, StoreError, UsageError
+from ..images.layout import Layout
+from ..records import ImageRecord, VariantRecord
+from ..writers import FileWriter
+from .base import BlobManifests
+
+
+class _IngestWriter(FileWriter):
+    """A FileWriter whose temp file sits in the ingest area, renamed into blobs/."""
+
+    def __init__(self, sink: LocalSink) -> None:
+        self._sink = sink
+        # The final name is unknown until commit; write into ingest/ first.
+        super().__init__(sink.state / "ingest" / "blob")
+
+    def commit(self, size: int, digest: Digest) -> None:
+        self.path = self._sink.layout.blob_path(digest)
+        super().commit(size, digest)
+
+
+class LocalSink(BlobManifests):
+    def __init__(self, dest: str | os.PathLike[str]) -> None:
+        self.layout = Layout(dest)
+        self.state = self.layout.root / ".transcoder"
+        try:
+            self.layout.init()
+            for sub in ("ingest", "variants", "images"):
+                (self.state / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"type=local,dest={dest}: {exc.strerror or exc}") from exc
+
+    @classmethod
+    def from_options(cls, opts: dict[str, str]) -> LocalSink:
+        unknown = set(opts) - {"dest"}
+        if unknown:
+            raise UsageError(f"type=local: unknown option {sorted(unknown)[0]!r} (known: dest)")
+        if not opts.get("dest"):
+            raise UsageError("type=local requires dest=DIR")
+        return cls(opts["dest"])
+
+    @property
+    def location(self) -> str:
+        return f"local:{self.layout.root.resolve()}"
+
+    def __repr__(self) -> str:
+        return f"LocalSink({str(self.layout.root)!r})"
+
+    def close(self) -> None:
+        pass
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive lock over index.json and image metadata, across processes."""
+        with open(self.state / "lock", "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # -- blobs --------------------------------------------------------------
+
+    def stat_blob(self, digest: Digest) -> int | None:
+        return self.layout.blob_size(digest)
+
+    def open_blob(self, digest: Digest, offset: int = 0, length: int | None = None) -> BinaryIO:
+        f = self.layout.open_blob(digest)
+        if offset or length is not None:
+            import io
+
+            f.seek(offset)
+            data = f.read(-1 if length is None else length)
+            f.close()
+            return io.BytesIO(data)
+        return f
+
+    def blob_writer(self, media_type: str, *, key_hint: str | None = None, size_hint: int | None = None) -> FileWriter:
+        return _IngestWriter(self)
+
+    # -- records ------------------------------------------------------------
+
+    def _variant_path(self, source: Digest, params_key: str) -> Path:
+        return self.state / "variants" / source.hex / f"{params_key}.json"
+
+    def put_variant(self, rec: VariantRecord) -> None:
+        path = self._variant_path(rec.source.digest, rec.params.key)
+        if path.exists():
+            return  # immutable: same source and parameters give the same variant
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.layout._atomic_write(path, rec.to_bytes())
+
+    def find_variants(self, source: Digest) -> list[VariantRecord]:
+        folder = self.state / "variants" / source.hex
+        out = []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            out.append(VariantRecord.from_bytes(path.read_bytes(), f"{path}"))
+        return out
+
+    def all_variants(self) -> list[VariantRecord]:
+        return [VariantRecord.from_bytes(p.read_bytes(), str(p)) for p in sorted((self.state / "variants").glob("*/*.json"))]
+
+    def _meta_path(self, name: str) -> Path:
+        return self.state / "images" / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".json")
+
+    def put_image(self, rec: ImageRecord) -> None:
+        root = rec.root.replace(annotations={**rec.root.annotations, ANNOTATION_REF_NAME: rec.name})
+        with self.lock():
+            base = self.layout.read_index()
+            entries = [e for e in self.layout.index_entries() if e.annotations.get(ANNOTATION_REF_NAME) != rec.name]
+            entries.append(root)
+            meta = {"name": rec.name, "created": rec.created, "last_used": time.time()}
+            self.layout._atomic_write(self._meta_path(rec.name), json.dumps(meta).encode())
+            self.layout.write_index(entries, base)
+
+    def images(self) -> dict[str, ImageRecord]:
+        out = {}
+        for entry in self.layout.index_entries():
+            name = entry.annotations.get(ANNOTATION_REF_NAME)
+            if name:
+                meta = self.image_meta(name)
+                out[name] = ImageRecord(name, entry, float(meta.get("created", 0.0)))
+        return out
+
+    def image_meta(self, name: str) -> dict[str, Any]:
+        try:
+            obj = json.loads(self._meta_path(name).read_bytes())
+            return obj if isinstance(obj, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def touch_image(self, name: str) -> None:
+        """Mark an image used now (for least-recently-used eviction)."""
+        with self.lock():
+            meta = self.image_meta(name) or {"name": name, "created": time.time()}
+            meta["last_used"] = time.time()
+            self.layout._atomic_write(self._meta_path(name), json.dumps(meta).encode())
+
+    def get_image(self, name: str) -> ImageRecord:
+        rec = self.images().get(name)
+        if rec is None:
+            raise NotFound(f"{self.location}: no image named {name!r}")
+        return rec
+
+
