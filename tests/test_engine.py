@@ -1,0 +1,182 @@
+"""The streaming pipeline against real bytes, checked by independent decoders."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import shutil
+import subprocess
+import zlib
+
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.imagegen import gz, make_tar
+from transcoder.codecs import ZstdParams
+from transcoder.descriptor import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD
+from transcoder.digest import Digest
+from transcoder.errors import DigestMismatch, FormatError, SizeLimitExceeded, SizeMismatch
+from transcoder.transcode import decode_stream, transcode_stream
+from transcoder.writers import FileWriter, NullWriter
+
+TAR = make_tar(7, size=2_000_000, files=30)
+
+
+class Collect(NullWriter):
+    def __init__(self) -> None:
+        super().__init__("memory")
+        self.buf = bytearray()
+        self.committed = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        super().write(data)
+        self.buf += data
+
+    def commit(self, size: int, digest: Digest) -> None:
+        super().commit(size, digest)
+        self.committed = True
+
+
+def run(data: bytes, **kw: object) -> tuple[Collect, object]:
+    w = Collect()
+    res = transcode_stream(io.BytesIO(data), w, **kw)  # type: ignore[arg-type]
+    return w, res
+
+
+def zstd_cli_decode(data: bytes) -> bytes:
+    """An independent decoder: the zstd command-line tool."""
+    exe = shutil.which("zstd")
+    if exe is None:
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return subprocess.run([exe, "-dc"], input=data, capture_output=True, check=True).stdout
+
+
+def test_gzip_to_zstd_round_trip_and_digests() -> None:
+    src = gz(TAR)
+    w, res = run(src)
+    assert w.committed
+    assert zstd_cli_decode(bytes(w.buf)) == TAR
+    assert res.diff_id == Digest.of(TAR)  # type: ignore[attr-defined]
+    assert res.source.digest == Digest.of(src) and res.source.size == len(src)  # type: ignore[attr-defined]
+    assert res.source.media_type == OCI_LAYER_GZIP  # type: ignore[attr-defined]
+    assert res.target.digest == Digest.of(bytes(w.buf)) and res.target.size == len(w.buf)  # type: ignore[attr-defined]
+    assert res.target.media_type == OCI_LAYER_ZSTD  # type: ignore[attr-defined]
+
+
+def test_multi_member_gzip_as_pigz_writes_it() -> None:
+    members = b"".join(gz(TAR[i : i + 300_000]) for i in range(0, len(TAR), 300_000))
+    w, res = run(members)
+    assert zstd_cli_decode(bytes(w.buf)) == TAR
+    assert res.diff_id == Digest.of(TAR)  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(shutil.which("pigz") is None, reason="pigz not installed")
+def test_real_pigz_output() -> None:
+    src = subprocess.run(["pigz", "-6", "-n", "-b", "128"], input=TAR, capture_output=True, check=True).stdout
+    w, res = run(src)
+    assert zstd_cli_decode(bytes(w.buf)) == TAR
+
+
+def test_plain_tar_is_compressed() -> None:
+    w, res = run(TAR)
+    assert res.source.media_type == OCI_LAYER_TAR  # type: ignore[attr-defined]
+    assert zstd_cli_decode(bytes(w.buf)) == TAR
+
+
+def test_zstd_input_at_same_parameters_is_nothing_to_do() -> None:
+    first, _ = run(gz(TAR))
+    again, res = run(bytes(first.buf))
+    assert res.noop and bytes(again.buf) == bytes(first.buf)  # type: ignore[attr-defined]
+    _, other = run(bytes(first.buf), params=ZstdParams(level=1))
+    assert not other.noop  # type: ignore[attr-defined]
+
+
+def test_output_identical_for_any_worker_count() -> None:
+    src = gz(TAR)
+    outs = {bytes(run(src, workers=n)[0].buf) for n in (1, 2, 3, 4, 8)}
+    assert len(outs) == 1
+
+
+@settings(max_examples=12, deadline=None)
+@given(level=st.sampled_from([1, 3, 6]), workers=st.integers(1, 4), cut=st.integers(1, 5), seed=st.integers(0, 3))
+def test_property_levels_workers_members(level: int, workers: int, cut: int, seed: int) -> None:
+    tar = make_tar(seed, size=200_000, files=5)
+    step = max(1, len(tar) // cut)
+    src = b"".join(gz(tar[i : i + step], 1 + (i % 9)) for i in range(0, len(tar), step))
+    w, res = run(src, params=ZstdParams(level=level), workers=workers)
+    ref, _ = run(gz(tar), params=ZstdParams(level=level), workers=1)
+    assert bytes(w.buf) == bytes(ref.buf)  # output depends on the tar and parameters only
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(bytes(w.buf)) == tar
+    assert res.diff_id == Digest.of(tar)  # type: ignore[attr-defined]
+
+
+def test_expected_digest_mismatch_commits_nothing(tmp_path: pytest.TempPathFactory) -> None:
+    out = tmp_path / "out.zst"  # type: ignore[operator]
+    with pytest.raises(DigestMismatch, match="expected sha256:0{64}"):
+        transcode_stream(io.BytesIO(gz(TAR)), FileWriter(out), expect=Digest("sha256:" + "0" * 64))
+    assert not out.exists() and not list(tmp_path.iterdir())  # type: ignore[attr-defined]
+
+
+def test_expected_size_mismatch() -> None:
+    src = gz(TAR)
+    with pytest.raises(SizeMismatch, match="descriptor says"):
+        run(src, expect_size=len(src) + 1)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty input"),
+        (gz(TAR)[:-100], "truncated gzip"),
+        (gz(TAR)[:-8] + (zlib.crc32(TAR) ^ 1).to_bytes(4, "little") + gz(TAR)[-4:], "corrupt gzip"),
+        (gz(TAR)[:-4] + (len(TAR) + 1).to_bytes(4, "little"), "corrupt gzip"),
+        (gz(TAR) + b"trailing garbage", "garbage after gzip member 1"),
+        (b"PK\x03\x04 this is a zip" * 40, "not gzip, zstd or tar"),
+    ],
+    ids=["empty", "truncated", "crc", "length", "garbage", "unknown"],
+)
+def test_bad_input_commits_nothing(data: bytes, message: str) -> None:
+    w = Collect()
+    with pytest.raises(FormatError, match=message):
+        transcode_stream(io.BytesIO(data), w, name="layer.gz")
+    assert not w.committed
+
+
+def test_truncated_zstd_input() -> None:
+    first, _ = run(gz(TAR))
+    with pytest.raises(FormatError, match="truncated zstd"):
+        run(bytes(first.buf)[:-7])
+
+
+def test_decompression_bomb_is_stopped() -> None:
+    bomb = gzip.compress(b"\0" * (64 << 20), 9)  # 64 KiB that inflates to 64 MiB
+    w = Collect()
+    with pytest.raises(SizeLimitExceeded, match="--max-size 1048576"):
+        transcode_stream(io.BytesIO(bomb), w, max_size=1 << 20)
+    assert not w.committed
+
+
+def test_decode_stream_matches_pipeline() -> None:
+    src = gz(TAR)
+    res = decode_stream(io.BytesIO(src))
+    assert res.diff_id == Digest.of(TAR) and res.tar_size == len(TAR)
+    assert res.source.digest == Digest.of(src)
+
+
+def test_tee_keeps_canonical_bytes() -> None:
+    src = gz(TAR)
+    tee = Collect()
+    w = Collect()
+    transcode_stream(io.BytesIO(src), w, tee=tee)
+    assert tee.committed and bytes(tee.buf) == src
+    assert hashlib.sha256(tee.buf).hexdigest() == Digest.of(src).hex
+
+
+def test_params_identity_includes_library() -> None:
+    p = ZstdParams(level=3)
+    assert p.library.startswith("libzstd ") and p.producible
+    assert ZstdParams(level=3, library="libzstd 0.0.1").key != p.key
+    assert ZstdParams.from_json(p.to_json()) == p
