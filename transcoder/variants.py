@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,7 +76,11 @@ class VariantTable:
         self.path = Path(path) if path is not None else default_home() / "variants.db"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            # One connection shared by the layer threads of a conversion, serialised by a lock.
+            self._lock = threading.RLock()
+            self._db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
             self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._migrate()
@@ -94,8 +99,20 @@ class VariantTable:
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(f"variant table {self.path}: schema {row[0]} is newer than this transcoder ({SCHEMA_VERSION})")
 
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"variant table {self.path}: {exc}") from exc
+
     @contextmanager
     def _tx(self) -> Iterator[None]:
+        with self._lock, self._tx_unlocked():
+            yield
+
+    @contextmanager
+    def _tx_unlocked(self) -> Iterator[None]:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -153,19 +170,22 @@ class VariantTable:
             st = os.stat(p)
         except OSError:
             return None
-        row = self._db.execute("SELECT dev, ino, size, mtime_ns, ctime_ns, digest FROM file_digests WHERE path=?", (p,)).fetchone()
+        rows = self._read("SELECT dev, ino, size, mtime_ns, ctime_ns, digest FROM file_digests WHERE path=?", (p,))
+        row = rows[0] if rows else None
         if row is None or tuple(row[:5]) != _stat_key(st):
             return None
         return Digest.parse(row[5])
 
     def blob(self, digest: Digest) -> BlobInfo | None:
-        row = self._db.execute("SELECT digest, size, media_type, diff_id FROM blobs WHERE digest=?", (str(digest),)).fetchone()
+        rows = self._read("SELECT digest, size, media_type, diff_id FROM blobs WHERE digest=?", (str(digest),))
+        row = rows[0] if rows else None
         return None if row is None else BlobInfo(Digest.parse(row[0]), row[1], row[2], Digest.parse(row[3]))
 
     def find(self, source: Digest, params: ZstdParams) -> VariantRecord | None:
-        row = self._db.execute(
+        rows = self._read(
             "SELECT source, target, params, created FROM variants WHERE source=? AND params_key=?", (str(source), params.key)
-        ).fetchone()
+        )
+        row = rows[0] if rows else None
         return None if row is None else self._rec(row)
 
     def _rec(self, row: tuple[Any, ...]) -> VariantRecord:
@@ -181,24 +201,24 @@ class VariantTable:
         )
 
     def variants(self) -> list[VariantRecord]:
-        rows = self._db.execute("SELECT source, target, params, created FROM variants ORDER BY created").fetchall()
+        rows = self._read("SELECT source, target, params, created FROM variants ORDER BY created")
         return [self._rec(r) for r in rows]
 
     def related(self, digest: Digest) -> list[VariantRecord]:
         """Every variant whose source or target is ``digest`` or shares its diffID."""
         info = self.blob(digest)
         ids = {str(digest)} if info is None else {
-            r[0] for r in self._db.execute("SELECT digest FROM blobs WHERE diff_id=?", (str(info.diff_id),))
+            r[0] for r in self._read("SELECT digest FROM blobs WHERE diff_id=?", (str(info.diff_id),))
         }
         marks = ",".join("?" * len(ids))
-        rows = self._db.execute(
+        rows = self._read(
             f"SELECT source, target, params, created FROM variants WHERE source IN ({marks}) OR target IN ({marks})",
             (*ids, *ids),
-        ).fetchall()
+        )
         return [self._rec(r) for r in rows]
 
     def locations(self, digest: Digest) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT location FROM locations WHERE digest=? ORDER BY location", (str(digest),))]
+        return [r[0] for r in self._read("SELECT location FROM locations WHERE digest=? ORDER BY location", (str(digest),))]
 
     # -- carrying a table to another machine -----------------------------------
 

@@ -1,0 +1,233 @@
+"""Whole images into a local store: structure, real skopeo and containerd,
+concurrency, gc, and hostile layouts."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from tests.imagegen import gz, make_tar, write_docker_archive, write_layout
+from transcoder.descriptor import ANNOTATION_REF_NAME, ANNOTATION_ZSTD, OCI_LAYER_ZSTD, OCI_MANIFEST
+from transcoder.digest import Digest
+
+TARS = [make_tar(i, size=400_000, files=10) for i in range(1, 6)]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "transcoder", *args], capture_output=True, text=True,
+                          env=env or os.environ.copy(), timeout=300)
+
+
+def blob(store: Path, digest: str) -> bytes:
+    return (store / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()
+
+
+def doc(store: Path, digest: str) -> Any:
+    return json.loads(blob(store, digest))
+
+
+def index(store: Path) -> list[dict[str, Any]]:
+    return json.loads((store / "index.json").read_text())["manifests"]
+
+
+def entry(store: Path, name: str) -> dict[str, Any]:
+    return next(e for e in index(store) if e["annotations"][ANNOTATION_REF_NAME] == name)
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Path:
+    return write_layout(tmp_path / "src", {
+        "app": [TARS[0], TARS[1], TARS[0]],  # the same layer twice
+        "multi": {"amd64": [TARS[2]], "arm64": [TARS[3]]},
+    })
+
+
+def convert(layout: Path, name: str, store: Path, *extra: str) -> dict[str, Any]:
+    r = cli("convert", f"oci:{layout}:{name}", "--to", f"type=local,dest={store}", "--json", *extra)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_add_mode_structure(layout: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    result = convert(layout, "app", store)
+    assert result["converted"] == 2 and len(result["layers"]) == 2  # duplicate layer done once
+    assert result["bytes_before"] > 0 and result["bytes_after"] > 0
+    root = doc(store, entry(store, "app")["digest"])
+    gzip_desc, zstd_desc = root["manifests"]
+    assert ANNOTATION_ZSTD not in gzip_desc.get("annotations", {})
+    assert zstd_desc["annotations"][ANNOTATION_ZSTD] == "true"
+    assert gzip_desc["platform"] == zstd_desc["platform"] == {"architecture": "amd64", "os": "linux"}
+    original = blob(layout, json.loads((layout / "index.json").read_text())["manifests"][0]["digest"])
+    assert blob(store, gzip_desc["digest"]) == original  # canonical manifest byte for byte
+    gzm, zm = json.loads(original), doc(store, zstd_desc["digest"])
+    assert zm["mediaType"] == OCI_MANIFEST and zm["config"]["digest"] == gzm["config"]["digest"]
+    assert zm["annotations"] == {"test.unknown": "kept"}
+    for g, z, tar in zip(gzm["layers"], zm["layers"], [TARS[0], TARS[1], TARS[0]], strict=True):
+        assert z["mediaType"] == OCI_LAYER_ZSTD and z["annotations"] == g["annotations"]
+        data = blob(store, z["digest"])
+        assert len(data) == z["size"] and str(Digest.of(data)) == z["digest"]
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(data) == tar
+        assert blob(store, g["digest"]) == blob(layout, g["digest"])  # gzip kept
+
+
+def test_multi_platform_index_and_filter(layout: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    convert(layout, "multi", store)
+    root = doc(store, entry(store, "multi")["digest"])
+    assert root["annotations"] == {"test.index": "kept"}
+    plats = [(m["platform"]["architecture"], m.get("annotations", {}).get(ANNOTATION_ZSTD)) for m in root["manifests"]]
+    assert plats == [("amd64", None), ("amd64", "true"), ("arm64", None), ("arm64", "true")]
+    only = tmp_path / "only"
+    convert(layout, "multi", only, "--platform", "linux/arm64", "--tag", "arm")
+    assert [m["platform"]["architecture"] for m in doc(only, entry(only, "arm")["digest"])["manifests"]] == ["arm64"] * 2
+
+
+def test_replace_mode_and_tag(layout: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    convert(layout, "app", store, "--mode", "replace", "--tag", "app-zstd")
+    root = entry(store, "app-zstd")
+    assert root["mediaType"] == OCI_MANIFEST
+    assert all(l["mediaType"] == OCI_LAYER_ZSTD for l in doc(store, root["digest"])["layers"])
+
+
+def test_docker_schema2_becomes_oci(tmp_path: Path) -> None:
+    from tests.imagegen import write_manifest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    data, mt = write_manifest(src, [TARS[4]], docker=True)
+    (src / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": mt, "digest": str(Digest.of(data)), "size": len(data), "annotations": {ANNOTATION_REF_NAME: "d"}}]}))
+    store = tmp_path / "store"
+    convert(src, "d", store)
+    gzip_desc, zstd_desc = doc(store, entry(store, "d")["digest"])["manifests"]
+    assert gzip_desc["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    zm = doc(store, zstd_desc["digest"])
+    assert zm["mediaType"] == OCI_MANIFEST and zm["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
+
+
+def test_docker_archive_classic_and_oci_forms(tmp_path: Path) -> None:
+    archive = write_docker_archive(tmp_path / "classic.tar", [TARS[0], TARS[1]])
+    store = tmp_path / "store"
+    r = cli("convert", f"docker-archive:{archive}", "--to", f"type=local,dest={store}", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["name"] == "example/app:1.0" and out["converted"] == 2
+    # The newer form: an OCI layout inside the archive.
+    layout = write_layout(tmp_path / "inner", {"latest": [TARS[2]]})
+    newer = tmp_path / "newer.tar"
+    with tarfile.open(newer, "w") as tar:
+        for p in ("oci-layout", "index.json", "blobs"):
+            tar.add(layout / p, arcname=p)
+        tar.addfile(tarfile.TarInfo("manifest.json"))
+    r = cli("convert", f"docker-archive:{newer}", "--to", f"type=local,dest={store}", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["name"] == "latest"
+
+
+def test_records_travel_with_the_directory(layout: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    convert(layout, "app", store)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(store, moved)
+    env = {**os.environ, "TRANSCODER_HOME": str(tmp_path / "fresh-home")}  # no local table
+    r = cli("convert", f"oci:{layout}:app", "--to", f"type=local,dest={moved}", "--json", env=env)
+    out = json.loads(r.stdout)
+    assert out["converted"] == 0 and out["hits"] == 2
+
+
+def test_skopeo_reads_and_copies_the_store(layout: Path, tmp_path: Path, skopeo: str) -> None:
+    store = tmp_path / "store"
+    convert(layout, "multi", store)
+    raw = subprocess.run([skopeo, "inspect", "--raw", f"oci:{store}:multi"], capture_output=True, text=True, check=True)
+    assert json.loads(raw.stdout)["manifests"][1]["annotations"][ANNOTATION_ZSTD] == "true"
+    copy = subprocess.run([skopeo, "copy", "--all", f"oci:{store}:multi", f"oci:{tmp_path / 'copy'}:m"],
+                          capture_output=True, text=True)
+    assert copy.returncode == 0, copy.stderr
+    cfg = subprocess.run([skopeo, "inspect", "--config", "--override-arch", "arm64", f"oci:{store}:multi"],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(cfg.stdout)["rootfs"]["diff_ids"] == [str(Digest.of(TARS[3]))]
+
+
+def _layout_tar(store: Path, dest: Path) -> Path:
+    with tarfile.open(dest, "w") as tar:
+        for p in ("oci-layout", "index.json", "blobs"):
+            tar.add(store / p, arcname=p)
+    return dest
+
+
+def test_containerd_unpacks_zstd_and_checks_diffids(layout: Path, tmp_path: Path, containerd: Any) -> None:
+    store = tmp_path / "store"
+    convert(layout, "app", store, "--mode", "replace")
+    ns = containerd.fresh_namespace()
+    containerd.ctr("-n", ns, "images", "import", "--base-name", "local/app", "--snapshotter", "native",
+                   str(_layout_tar(store, tmp_path / "img.tar")))
+    check = containerd.ctr("-n", ns, "images", "check", "--snapshotter", "native").stdout
+    assert "complete" in check and "true" in check.lower(), check
+    content = containerd.ctr("-n", ns, "content", "ls").stdout
+    for tar in (TARS[0], TARS[1]):  # containerd decompressed the zstd layers and found each diffID
+        assert f"containerd.io/uncompressed={Digest.of(tar)}" in content
+
+
+def _convert_one(args: tuple[str, str, str]) -> int:
+    layout, name, store = args
+    return subprocess.run([sys.executable, "-m", "transcoder", "convert", f"oci:{layout}:{name}", "--to",
+                           f"type=local,dest={store}"], capture_output=True, timeout=300).returncode
+
+
+def test_two_processes_into_one_store(tmp_path: Path) -> None:
+    names = {f"img{i}": [make_tar(200 + i, size=300_000, files=6)] for i in range(6)}
+    layout = write_layout(tmp_path / "src", names)
+    store = tmp_path / "store"
+    jobs = [(str(layout), n, str(store)) for n in names] + [(str(layout), "img0", str(store))]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        assert pool.map(_convert_one, jobs) == [0] * len(jobs)
+    assert sorted(e["annotations"][ANNOTATION_REF_NAME] for e in index(store)) == sorted(names)
+    assert not list((store / ".transcoder" / "ingest").iterdir())
+
+
+def test_gc_removes_garbage_and_evicts_lru(layout: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    convert(layout, "app", store)
+    time.sleep(0.05)
+    convert(layout, "multi", store)
+    junk = store / "blobs" / "sha256" / ("0" * 64)
+    junk.write_bytes(b"orphan")
+    stale = store / ".transcoder" / "ingest" / ".blob.crashed.ingest"
+    stale.write_bytes(b"half")
+    dry = json.loads(cli("gc", str(store), "--dry-run", "--grace", "0", "--json").stdout)
+    assert dry["removed_blobs"] == ["sha256:" + "0" * 64] and junk.exists() and stale.exists()
+    r = json.loads(cli("gc", str(store), "--grace", "0", "--json").stdout)
+    assert r["removed_ingest"] == 1 and not junk.exists() and not stale.exists()
+    size_all = r["kept_bytes"]
+    # Budget for about one image: the least recently used (app) goes.
+    r = json.loads(cli("gc", str(store), "--grace", "0", "--max-size", str(size_all - 1), "--json").stdout)
+    assert r["evicted_images"] == ["app"] and [e["annotations"][ANNOTATION_REF_NAME] for e in index(store)] == ["multi"]
+    assert r["removed_records"] >= 2
+    ok = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{store}:multi"], capture_output=True) if shutil.which("skopeo") else None
+    assert ok is None or ok.returncode == 0
+
+
+def test_restore_from_local_sink(layout: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    convert(layout, "multi", store)
+    for comp in ("zstd", "gzip"):
+        out = tmp_path / f"restored-{comp}"
+        r = cli("restore", f"type=local,dest={store}", "multi", "-o", f"oci:{out}", "--compression", comp, "--json")
+        assert r.returncode == 0, r.stderr
+        root = doc(out, entry(out, "multi")["digest"])
+        layers = [l["mediaType"] for m in root["manifests"] for l in doc(out, m["digest"])["layers"]]
+        assert all(t.endswith(comp) for t in layers) and len(root["manifests"]) == 2
