@@ -149,11 +149,29 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
     if not name:
         raise UsageError(f"{source.name}: the image has no tag; name the result with --tag")
     job = LayerJob(source, sink, opts.params, opts.mode == "add", opts.table, opts.workers, opts.max_size, opts.progress)
+    _check_layers_present(source, p)
     outcomes = _run_layers(job, p, opts.jobs)
+    for outcome in outcomes.values():
+        if outcome.record is not None:
+            job.record(outcome.record)
     root = _write_manifests(source, sink, p, outcomes, opts.mode)
     sink.put_image(ImageRecord(name, root))
     layers = [outcomes[d] for d in dict.fromkeys(l.digest for m in p.manifests for l in m.manifest.layers)]
     return ImageResult(name, p.root, root, opts.mode, layers, time.perf_counter() - started)
+
+
+def _check_layers_present(source: ImageSource, p: Plan) -> None:
+    """Cheap checks before any write, for sources that can stat their blobs."""
+    stat = getattr(source, "blob_size", None)
+    if stat is None:
+        return
+    for m in p.manifests:
+        for layer in m.manifest.layers:
+            size = stat(layer)
+            if size is None:
+                raise ManifestError(f"{source.name}: layer {layer.digest} is missing")
+            if size != layer.size:
+                raise ManifestError(f"{source.name}: layer {layer.digest} is {size} bytes, descriptor says {layer.size}")
 
 
 def _run_layers(job: LayerJob, p: Plan, jobs: int) -> dict[Digest, LayerOutcome]:

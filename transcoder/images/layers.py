@@ -47,6 +47,7 @@ class LayerOutcome:
     status: str  # "converted", "hit" (variant reused), "zstd" (already zstd), "kept" (not a tar layer)
     diff_id: str | None
     seconds: float
+    record: VariantRecord | None = None  # a new variant, to be recorded once the whole image succeeded
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,7 +83,7 @@ class LayerJob:
                 self.copy(layer)
             return LayerOutcome(layer, rec.target, "hit", str(rec.diff_id), time.perf_counter() - started)
         rec = self.transcode(layer)
-        return LayerOutcome(layer, rec.target, "converted", str(rec.diff_id), time.perf_counter() - started)
+        return LayerOutcome(layer, rec.target, "converted", str(rec.diff_id), time.perf_counter() - started, rec)
 
     def known_variant(self, layer: Descriptor) -> VariantRecord | None:
         candidates: list[VariantRecord] = []
@@ -111,8 +112,9 @@ class LayerJob:
                 max_size=self.max_size, name=f"{self.source.name}: layer {layer.digest}", progress=tick, tee=tee,
             )
         source = Descriptor(layer.media_type, result.source.digest, result.source.size)
-        rec = VariantRecord(source, result.diff_id, result.target, result.params)
+        return VariantRecord(source, result.diff_id, result.target, result.params)
+
+    def record(self, rec: VariantRecord) -> None:
         self.sink.put_variant(rec)
         if self.table is not None:
-            self.table.record(rec, {result.target.digest: self.sink.location})
-        return rec
+            self.table.record(rec, {rec.target.digest: self.sink.location})

@@ -27,17 +27,17 @@ class Layout:
     def blob_path(self, digest: Digest) -> Path:
         return self.root / "blobs" / digest.algorithm / digest.hex
 
-    def _inside(self, path: Path) -> Path:
+    def _inside(self, path: Path, digest: Digest) -> Path:
         real = path.resolve()
         if not real.is_relative_to(self.root.resolve()):
-            raise ManifestError(f"{self.root}: {path.relative_to(self.root)} is a link out of the layout")
+            raise ManifestError(f"oci:{self.root}: blob {digest} is a link out of the layout")
         return real
 
     def open_blob(self, digest: Digest) -> BinaryIO:
         path = self.blob_path(digest)
         if not os.path.lexists(path):
             raise NotFound(f"{self.root}: blob {digest} is missing")
-        real = self._inside(path)
+        real = self._inside(path, digest)
         try:
             return open(real, "rb")
         except OSError as exc:
@@ -47,7 +47,7 @@ class Layout:
         path = self.blob_path(digest)
         if not os.path.lexists(path):
             return None
-        return self._inside(path).stat().st_size
+        return self._inside(path, digest).stat().st_size
 
     def read_blob(self, desc: Descriptor, what: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
         if desc.size > limit:
