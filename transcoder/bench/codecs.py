@@ -32,6 +32,19 @@ class _Compressobj(Protocol):
     def flush(self) -> bytes: ...
 
 
+class _Decompressobj(Protocol):
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unconsumed_tail(self) -> bytes: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes | memoryview, max_length: int = ..., /) -> bytes: ...
+
+
 def _feed(cobj: _Compressobj, data: bytes) -> bytes:
     view = memoryview(data)
     parts = [cobj.compress(view[i : i + IN_PIECE]) for i in range(0, len(view), IN_PIECE)]
@@ -55,7 +68,7 @@ class Codec:
         return f"{self.format}/{self.library}-{level}" if self.format == "gzip" else f"{self.format}-{level}"
 
 
-def _inflate(blob: bytes, new: Callable[[], zlib._Decompress]) -> Iterator[bytes]:
+def _inflate(blob: bytes, new: Callable[[], _Decompressobj]) -> Iterator[bytes]:
     """Decode every gzip member in ``blob`` (pigz and ``cat`` make several)."""
     data: bytes | memoryview = memoryview(blob)
     while data:

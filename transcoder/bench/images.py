@@ -56,7 +56,8 @@ def _read_blob(source: ImageSource, desc: Descriptor) -> bytes:
             buf += piece
     data = bytes(buf)
     if len(data) != desc.size:
-        raise SizeMismatch(f"{what}: blob is {len(data)}{'+' if len(data) > desc.size else ''} bytes, descriptor says {desc.size}")
+        got = f"{len(data)}{'+' if len(data) > desc.size else ''}"
+        raise SizeMismatch(f"{what}: blob is {got} bytes, descriptor says {desc.size}")
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
     if actual != str(desc.digest):
         raise DigestMismatch(f"{what}: blob hashes to {actual}")

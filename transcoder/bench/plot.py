@@ -1,0 +1,90 @@
+"""Ratio against speed, per codec and level, as PNG or SVG (matplotlib, the
+optional ``plot`` extra). Two panels: compression speed (what a CI job pays
+once) and decode speed (what every pull pays)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreError, UsageError
+
+FORMATS = (".png", ".svg")
+INSTALL_HINT = "pip install 'transcoder[plot]' (or: pip install matplotlib)"
+_STYLE = {"isal": ("tab:green", "s"), "zlib": ("tab:blue", "o"), "libzstd": ("tab:red", "^")}
+
+
+def check_target(path: str) -> None:
+    """Refuse a bad target before any measuring: wrong suffix, missing matplotlib, no directory."""
+    if Path(path).suffix.lower() not in FORMATS:
+        raise UsageError(f"--plot {path}: the file name must end in .png or .svg")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}") from None
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise UsageError(f"--plot {path}: directory {str(parent)!r} does not exist")
+
+
+def _series(rows: list[dict[str, Any]], library: str, key: str) -> tuple[list[float], list[float], list[str]]:
+    picked = [r for r in rows if r["library"] == library and not r["published"] and r[key]]
+    return [r[key]["mb_per_s"] for r in picked], [r["ratio"] for r in picked], [str(r["level"]) for r in picked]
+
+
+def _panel(ax: Any, rows: list[dict[str, Any]], key: str, title: str) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    for library, (color, marker) in _STYLE.items():
+        xs, ys, levels = _series(rows, library, key)
+        if not xs:
+            continue
+        name = "zstd" if library == "libzstd" else f"gzip ({library})"
+        ax.plot(xs, ys, marker=marker, color=color, linestyle="-", linewidth=0.8, markersize=5, label=name)
+        for x, y, level in zip(xs, ys, levels, strict=True):
+            ax.annotate(level, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, color=color)
+    if key == "decode":
+        for r in (r for r in rows if r["published"]):
+            ax.plot([r["decode"]["mb_per_s"]], [r["ratio"]], marker="*", markersize=11, linestyle="none",
+                    color="black", alpha=0.8 if r["library"] == "isal" else 0.4, label=f"as published ({r['library']} decode)")
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if str(v)[0] in "25" else ""))
+    ax.set_xlabel(f"{title} speed, MB/s of tar (log scale)")
+    ax.set_ylabel("ratio (tar / compressed)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+
+
+def save_plot(doc: dict[str, Any], path: str) -> None:
+    """Draw and write atomically: a temporary file in the same directory, then rename."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    _panel(left, doc["rows"], "compress", "compression")
+    _panel(right, doc["rows"], "decode", "decode")
+    m = doc["machine"]
+    tar_mb = sum(la["tar_bytes"] for la in doc["layers"]) / 1e6
+    fig.suptitle(f"{tar_mb:.1f} MB of tar; {m['cpu']}, {m['usable_cores']} cores; "
+                 f"zstd workers {doc['settings']['workers']}; median of {doc['settings']['repeat']}", fontsize=9)
+    fig.tight_layout()
+    suffix = Path(path).suffix.lower()
+    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=suffix, dir=Path(path).parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=suffix[1:], dpi=90, metadata={"Software": None} if suffix == ".png" else None)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise StoreError(f"--plot {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
