@@ -101,7 +101,7 @@ def convert_blob(
             stream, writer, params=params, workers=workers, expect=expect, max_size=max_size, name=name, progress=progress
         )
     if table is not None and not result.noop:
-        _record(table, result, src if is_path else None, out)
+        _record(table, result, src if isinstance(src, str) and is_path else None, out)
     return result
 
 

@@ -10,6 +10,7 @@ the block exits without a commit, so an exception never leaves half a blob.
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 import os
 import tempfile
 from pathlib import Path
@@ -28,7 +29,7 @@ class BlobWriter(Protocol):
     def abort(self) -> None: ...
 
 
-class WriterBase:
+class WriterBase(ABC):
     """Hashes and counts what it is given, so every writer can refuse a bad commit."""
 
     def __init__(self, name: str) -> None:
@@ -55,8 +56,14 @@ class WriterBase:
         if not self.done:
             self.abort()
 
-    def abort(self) -> None:  # pragma: no cover - overridden
-        self.done = True
+    @abstractmethod
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    @abstractmethod
+    def commit(self, size: int, digest: Digest) -> None: ...
+
+    @abstractmethod
+    def abort(self) -> None: ...
 
 
 class FileWriter(WriterBase):

@@ -46,4 +46,7 @@ def progress(total: int | None, desc: str, enabled: bool | None = None) -> Itera
     from tqdm import tqdm
 
     with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False, file=sys.stderr) as bar:
-        yield bar.update
+        def tick(n: int) -> None:
+            bar.update(n)
+
+        yield tick

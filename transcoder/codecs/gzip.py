@@ -8,7 +8,7 @@ hides bytes no client will ever look at.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 from isal import isal_zlib
 
@@ -46,7 +46,7 @@ class GzipDecoder:
                 self._in_member = True
             buf = yield from self._inflate(buf)
 
-    def _inflate(self, buf: bytes | memoryview) -> Iterator[bytes]:
+    def _inflate(self, buf: bytes | memoryview) -> Generator[bytes, None, bytes]:
         try:
             out = self._d.decompress(buf, MAX_OUTPUT_PER_CALL)
             if out:
@@ -55,7 +55,7 @@ class GzipDecoder:
                 out = self._d.decompress(self._d.unconsumed_tail, MAX_OUTPUT_PER_CALL)
                 if out:
                     yield out
-        except isal_zlib.error as exc:
+        except isal_zlib.error as exc:  # type: ignore[misc]
             raise FormatError(f"{self._name}: corrupt gzip data in member {self._members + 1}: {exc}") from exc
         if self._d.eof:
             self._members += 1

@@ -173,7 +173,10 @@ def iter_zstd(read: Callable[[int], bytes], name: str) -> Iterator[bytes]:
     """Decode concatenated zstd frames; output is bounded per chunk."""
     walker = FrameWalker(name)
     reader = zstandard.ZstdDecompressor().stream_reader(
-        _WalkedReader(read, walker), read_size=READ_SIZE, read_across_frames=True, closefd=False
+        _WalkedReader(read, walker),  # type: ignore[arg-type]
+        read_size=READ_SIZE,
+        read_across_frames=True,
+        closefd=False,
     )
     try:
         while chunk := reader.read(READ_SIZE):
