@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 RESERVED = "reserved"
 COMMITTED = "committed"
@@ -49,12 +50,13 @@ class Entry:
         return (self.repository, self.scope, self.key, self.version)
 
 
-@dataclass(frozen=True)
-class Limits:
-    reservation_ttl: float = DAY
-    idle_ttl: float = 7 * DAY
-    visibility_delay: float = 0.0
-    size_cap: int | None = None  # bytes per repository; None = unlimited
+class Limits(Protocol):
+    """Read on every call, so a running emulator can be retuned."""
+
+    reservation_ttl: float
+    idle_ttl: float
+    visibility_delay: float
+    size_cap: int | None  # bytes per repository; None = unlimited
 
 
 class Store:

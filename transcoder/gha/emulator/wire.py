@@ -13,10 +13,15 @@ import email.message
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 from urllib.parse import parse_qs
 
 READ_SIZE = 1 << 20
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def readline(self, size: int = -1, /) -> bytes: ...
 
 
 class BadBody(Exception):
@@ -26,7 +31,7 @@ class BadBody(Exception):
 class Body:
     """A request body read from the socket, by Content-Length or chunked framing."""
 
-    def __init__(self, rfile: IO[bytes], headers: email.message.Message) -> None:
+    def __init__(self, rfile: Readable, headers: email.message.Message) -> None:
         self._rfile = rfile
         self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
         length = headers.get("Content-Length")
