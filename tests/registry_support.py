@@ -1,0 +1,277 @@
+"""Test helpers for the registry client: fault injection around a real
+registry, and a bearer-token front for one.
+
+* :class:`FaultTransport` wraps httpx's real transport; a test installs a
+  hook that may raise, change or replace a response (httpx transport
+  injection), while every other request reaches the real registry.
+* :class:`CutProxy` is a TCP proxy that drops the connection part-way through
+  the body of a request (a reset mid-upload, as a network would do it).
+* :class:`TokenFront` is a small HTTP server implementing the distribution
+  token flow in front of a real registry: ``/token`` hands out tokens for the
+  scopes a user may have (Basic-authenticated, or anonymous), and ``/v2/``
+  requests pass through only with a token covering their scope.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.client import HTTPConnection
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+Hook = Callable[[httpx.Request, Callable[[httpx.Request], httpx.Response]], httpx.Response]
+
+
+def repo_name(prefix: str = "t") -> str:
+    return f"{prefix}/{uuid.uuid4().hex[:12]}"
+
+
+class FaultTransport(httpx.BaseTransport):
+    """The real transport, with an optional hook around each request; keeps a log."""
+
+    def __init__(self, hook: Hook | None = None) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.hook = hook
+        self.log: list[tuple[str, str, dict[str, str]]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.log.append((request.method, request.url.path, dict(request.headers)))
+        if self.hook is None:
+            return self.inner.handle_request(request)
+        return self.hook(request, self.inner.handle_request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def methods(self, path_part: str = "") -> list[str]:
+        return [m for m, p, _ in self.log if path_part in p]
+
+
+def replaced(response: httpx.Response, body: bytes, **headers: str) -> httpx.Response:
+    """``response`` with another body (Content-Length fixed, Content-Encoding kept off)."""
+    response.read()
+    response.close()
+    hdrs = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-encoding")}
+    hdrs.update(headers)
+    return httpx.Response(response.status_code, headers=hdrs, content=body)
+
+
+class BreakingStream(httpx.SyncByteStream):
+    """Passes ``limit`` bytes of a response body through, then fails like a reset."""
+
+    def __init__(self, inner: httpx.Response, limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent = 0
+        for chunk in self.inner.iter_raw():
+            if sent + len(chunk) >= self.limit:
+                yield chunk[: self.limit - sent]
+                raise httpx.ReadError("connection reset by peer (injected)")
+            sent += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# -- a TCP proxy that cuts a request body short ----------------------------------
+
+
+class CutProxy:
+    """Forwards TCP to ``upstream``; the first ``cuts`` requests whose first line
+    starts with ``marker`` are cut after ``after`` body bytes (both sides closed)."""
+
+    def __init__(self, upstream: str, marker: bytes = b"PATCH ", after: int = 1 << 20, cuts: int = 1) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.marker, self.after, self.cuts = marker, after, cuts
+        self.cut_done = 0
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self._server.getsockname()[1]}"
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._stop = True
+        self._server.close()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _take_cut(self) -> bool:
+        with self._lock:
+            if self.cut_done >= self.cuts:
+                return False
+            self.cut_done += 1
+            return True
+
+    def _pump(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
+        budget: int | None = None  # bytes still allowed through on a doomed request
+        try:
+            while data := src.recv(65536):
+                if outbound and budget is None and self.marker in data and self._take_cut():
+                    budget = self.after + data.index(self.marker)
+                if budget is not None:
+                    if len(data) >= budget:
+                        dst.sendall(data[:budget])
+                        break
+                    budget -= len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+# -- a bearer-token front for a real registry ------------------------------------
+
+_PATH = re.compile(r"^/v2/(.+?)/(manifests|blobs|tags)/")
+
+
+@dataclass
+class TokenFront:
+    """Token service + token-checking pass-through to ``upstream`` (a real registry).
+
+    ``users``: name -> (password, actions granted on every repository).
+    Anonymous callers get ``anonymous`` actions. Repositories under ``denied/``
+    answer 403 to any valid token."""
+
+    upstream: str
+    users: dict[str, tuple[str, str]]
+    anonymous: str = ""
+    service: str = "test-registry"
+    token_requests: list[dict[str, Any]] = field(default_factory=list)
+    _tokens: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        front = self
+
+        class Handler(_FrontHandler):
+            owner = front
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.host = f"127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def issue(self, user: str | None, scopes: list[str]) -> str:
+        allowed = set(self.users[user][1].split(",")) if user else set(filter(None, self.anonymous.split(",")))
+        grant: dict[str, set[str]] = {}
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            if kind == "repository":
+                grant[name] = set(actions.split(",")) & allowed
+        token = secrets.token_urlsafe(16)
+        self._tokens[token] = grant
+        return token
+
+    def allows(self, token: str, repo: str, action: str) -> bool | None:
+        """None: unknown token; else whether it covers the action."""
+        grant = self._tokens.get(token)
+        if grant is None:
+            return None
+        return action in grant.get(repo, set())
+
+
+class _FrontHandler(BaseHTTPRequestHandler):
+    owner: TokenFront
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _reply(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None, length: str | None = None) -> None:
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", length if length is not None else str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _token(self) -> None:
+        query = parse_qs(urlsplit(self.path).query)
+        user = None
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            if self.owner.users.get(name, ("\0", ""))[0] != password:
+                self._reply(401, b'{"details":"bad credentials"}')
+                return
+            user = name
+        self.owner.token_requests.append({"user": user, "scope": query.get("scope", []), "service": query.get("service")})
+        token = self.owner.issue(user, query.get("scope", []))
+        self._reply(200, json.dumps({"token": token, "expires_in": 300}).encode(), {"Content-Type": "application/json"})
+
+    def _challenge(self, scope: str | None) -> None:
+        realm = f'Bearer realm="http://{self.owner.host}/token",service="{self.owner.service}"'
+        if scope:
+            realm += f',scope="{scope}"'
+        body = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
+        self._reply(401, body, {"WWW-Authenticate": realm, "Content-Type": "application/json"})
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.path.startswith("/token"):
+            self._token()
+            return
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        m = _PATH.match(urlsplit(self.path).path)
+        if m is None:  # /v2/ itself: any valid token will do
+            if token not in self.owner._tokens:
+                self._challenge(None)
+                return
+        else:
+            repo, action = m.group(1), ("pull" if self.command in ("GET", "HEAD") else "push")
+            allowed = self.owner.allows(token, repo, action)
+            if allowed and repo.startswith("denied/"):
+                self._reply(403, b'{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}')
+                return
+            if not allowed:
+                self._challenge(f"repository:{repo}:{'pull' if action == 'pull' else 'pull,push'}")
+                return
+        self._forward(body)
+
+    def _forward(self, body: bytes) -> None:
+        conn = HTTPConnection(*self.owner.upstream.rsplit(":", 1), timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("authorization", "connection")}
+        conn.request(self.command, self.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        hop = ("connection", "transfer-encoding", "content-length", "keep-alive")
+        length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+        self._reply(resp.status, data, {k: v for k, v in resp.getheaders() if k.lower() not in hop}, length)
+        conn.close()
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle

@@ -1,0 +1,376 @@
+"""The registry client, source and sink against real peers: the distribution
+registry (anonymous and htpasswd), skopeo and containerd."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from tests.imagegen import make_tar, write_layout
+from tests.registry_support import repo_name
+from transcoder.codecs import ZstdParams
+from transcoder.descriptor import ANNOTATION_ZSTD, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST, Descriptor
+from transcoder.digest import Digest
+from transcoder.errors import AuthError, DigestMismatch, NotFound, SinkError
+from transcoder.images.convert import ConvertOptions, convert_image
+from transcoder.images.source import open_source
+from transcoder.records import ImageRecord, VariantRecord
+from transcoder.registry.auth import Credentials
+from transcoder.registry.source import RegistrySource
+from transcoder.registry.upload import CHUNK
+from transcoder.sinks.base import put_bytes
+from transcoder.sinks.registry import RegistrySink
+
+pytestmark = pytest.mark.peers
+TARS = [make_tar(i, size=300_000, files=10) for i in (21, 22, 23)]
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_layout(tmp_path_factory.mktemp("registry") / "src", {
+        "app": TARS, "multi": {"amd64": [TARS[0]], "arm64": [TARS[1]]},
+    })
+
+
+def skopeo_run(skopeo: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    r = subprocess.run([skopeo, *args], capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    return r
+
+
+def skopeo_push(skopeo: str, layout: Path, name: str, dest: str) -> None:
+    skopeo_run(skopeo, "copy", "--all", "--dest-tls-verify=false", f"oci:{layout}:{name}", f"docker://{dest}")
+
+
+def doc(data: bytes) -> Any:
+    return json.loads(data)
+
+
+def random_blob(size: int) -> bytes:
+    return os.urandom(size)
+
+
+# -- pulling what skopeo pushed --------------------------------------------------------
+
+
+def test_pull_an_image_skopeo_pushed(registry: Any, skopeo: str, layout: Path) -> None:
+    repo = repo_name()
+    skopeo_push(skopeo, layout, "app", f"{registry.host}/{repo}:gzip")
+    raw = skopeo_run(skopeo, "inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/{repo}:gzip").stdout
+    with RegistrySource.from_ref(f"{registry.host}/{repo}:gzip") as src:
+        root, tag = src.resolve()
+        assert (root.digest, root.size, tag) == (Digest.of(raw), len(raw), "gzip")
+        manifest = doc(src.get_manifest(root))
+        layers = [Descriptor.from_json(d) for d in manifest["layers"]]
+        for layer, tar in zip(layers, TARS, strict=True):
+            with src.open_blob(layer) as f:
+                data = f.read()
+            assert Digest.of(data) == layer.digest and gzip.decompress(data) == tar
+    with RegistrySource.from_ref(f"{registry.host}/{repo}@{root.digest}") as pinned:
+        assert pinned.resolve() == (root, None)
+
+
+def test_pull_an_index_by_tag_and_its_children(registry: Any, skopeo: str, layout: Path) -> None:
+    repo = repo_name()
+    skopeo_push(skopeo, layout, "multi", f"{registry.host}/{repo}:multi")
+    with RegistrySource.from_ref(f"{registry.host}/{repo}:multi") as src:
+        root, _ = src.resolve()
+        children = [Descriptor.from_json(d) for d in doc(src.get_manifest(root))["manifests"]]
+        archs = sorted(c.platform["architecture"] for c in children if c.platform)
+        assert archs == ["amd64", "arm64"]
+        for child in children:
+            assert doc(src.get_manifest(child))["layers"]
+
+
+# -- pushing, read back by skopeo and containerd -----------------------------------------
+
+
+def convert_to(registry: Any, layout: Path, name: str, repo: str, tag: str, mode: str = "add") -> Any:
+    sink = RegistrySink(registry.host, repo, tag=tag, mode=mode)
+    try:
+        return convert_image(open_source(f"oci:{layout}:{name}"), sink, ConvertOptions(mode=mode, tag=tag))
+    finally:
+        sink.close()
+
+
+def test_skopeo_inspects_and_copies_what_we_push(registry: Any, skopeo: str, layout: Path, tmp_path: Path) -> None:
+    repo = repo_name()
+    result = convert_to(registry, layout, "app", repo, "v1")
+    ref = f"docker://{registry.host}/{repo}:v1"
+    raw = skopeo_run(skopeo, "inspect", "--raw", "--tls-verify=false", ref).stdout
+    assert Digest.of(raw) == result.root.digest
+    entries = doc(raw)["manifests"]
+    assert [e.get("annotations", {}).get(ANNOTATION_ZSTD) for e in entries] == [None, "true"]
+    skopeo_run(skopeo, "copy", "--all", "--src-tls-verify=false", ref, f"oci:{tmp_path / 'copy'}:v1")
+    blobs = tmp_path / "copy" / "blobs" / "sha256"
+    zstd_manifest = doc((blobs / Digest.parse(entries[1]["digest"]).hex).read_bytes())
+    assert [l["mediaType"] for l in zstd_manifest["layers"]] == [OCI_LAYER_ZSTD] * 3
+    for layer, tar in zip(zstd_manifest["layers"], TARS, strict=True):
+        data = (blobs / Digest.parse(layer["digest"]).hex).read_bytes()
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(data) == tar
+
+
+def test_containerd_pulls_our_zstd_image_and_checks_diffids(registry: Any, containerd: Any, layout: Path) -> None:
+    repo = repo_name()
+    result = convert_to(registry, layout, "app", repo, "zstd", mode="replace")
+    ns = containerd.fresh_namespace()
+    containerd.ctr("-n", ns, "images", "pull", "--plain-http", "--snapshotter", "native", f"{registry.host}/{repo}:zstd")
+    content = containerd.ctr("-n", ns, "content", "ls").stdout
+    for layer, tar in zip(result.layers, TARS, strict=True):
+        assert str(layer.target.digest) in content
+        assert f"containerd.io/uncompressed={Digest.of(tar)}" in content
+    check = containerd.ctr("-n", ns, "images", "check", "--snapshotter", "native").stdout
+    assert "complete" in check
+
+
+def test_second_run_transcodes_nothing(registry: Any, layout: Path, transcoder_home: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = repo_name()
+    first = convert_to(registry, layout, "app", repo, "v1")
+    # A new home: no local variant table, so the hits come from the registry's records.
+    monkeypatch.setenv("TRANSCODER_HOME", str(transcoder_home / "other-machine"))
+    again = convert_to(registry, layout, "app", repo, "v1")
+    assert [o.status for o in first.layers] == ["converted"] * 3
+    assert [o.status for o in again.layers] == ["hit"] * 3
+    assert again.root == first.root
+
+
+# -- the sink against the registry -------------------------------------------------------
+
+
+@pytest.fixture
+def sink(registry: Any) -> Any:
+    s = RegistrySink(registry.host, repo_name())
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("size", [0, 1000, CHUNK - 1, 2 * CHUNK + 12345])
+def test_blob_round_trip_small_and_chunked(sink: RegistrySink, size: int) -> None:
+    data = random_blob(size)
+    digest = Digest.of(data)
+    with sink.blob_writer("application/octet-stream") as w:
+        for i in range(0, size, 700_000):
+            w.write(data[i : i + 700_000])
+        w.commit(size, digest)
+    assert sink.stat_blob(digest) == size and sink.stat_blob(str(digest)) == size
+    with sink.open_blob(digest) as f:
+        assert f.read() == data
+    if size:
+        with sink.open_blob(digest, size // 3, 1000) as f:
+            assert f.read() == data[size // 3 : size // 3 + 1000]
+        with sink.open_blob(digest, size - 5, 100) as f:
+            assert f.read() == data[-5:]
+        with sink.open_blob(digest, size) as f:
+            assert f.read() == b""
+
+
+def test_bad_commit_and_abort_leave_nothing(sink: RegistrySink) -> None:
+    data = random_blob(CHUNK + 100)
+    digest = Digest.of(data)
+    w = sink.blob_writer("application/octet-stream")
+    w.write(data)
+    with pytest.raises(DigestMismatch):
+        w.commit(len(data), Digest.of(b"other"))
+    with sink.blob_writer("application/octet-stream") as w2:
+        w2.write(data)  # leaves the block without a commit: aborted
+    assert sink.stat_blob(digest) is None
+    with pytest.raises(NotFound, match=f"repository {sink.repository}"):
+        sink.open_blob(digest)
+
+
+def test_two_writers_of_one_blob_both_succeed(sink: RegistrySink) -> None:
+    data = random_blob(CHUNK * 2)
+    digest = Digest.of(data)
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with sink.blob_writer("application/octet-stream") as w:
+                w.write(data)
+                w.commit(len(data), digest)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and sink.stat_blob(digest) == len(data)
+
+
+def test_small_blob_already_there_is_not_sent_again(sink: RegistrySink) -> None:
+    data = b'{"config": true}'
+    put_bytes(sink, data, OCI_CONFIG)
+    before = sink.client.requests
+    put_bytes(sink, data, OCI_CONFIG)
+    assert sink.client.requests - before == 1  # one HEAD
+
+
+def _image(sink: RegistrySink) -> tuple[bytes, Descriptor]:
+    layer = gzip.compress(TARS[0])
+    ldesc = put_bytes(sink, layer, OCI_LAYER_GZIP)
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [str(Digest.of(TARS[0]))]}}).encode()
+    cdesc = put_bytes(sink, config, OCI_CONFIG)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cdesc.to_json(),
+                           "layers": [ldesc.to_json()]}).encode()
+    return manifest, sink.put_manifest(manifest, OCI_MANIFEST)
+
+
+def test_manifests_by_digest_and_images_by_tag(sink: RegistrySink, registry: Any) -> None:
+    manifest, desc = _image(sink)
+    assert desc == Descriptor(OCI_MANIFEST, Digest.of(manifest), len(manifest))
+    other = RegistrySink(registry.host, sink.repository)
+    assert other.get_manifest(desc) == manifest
+    assert other.images() == {}
+    sink.put_image(ImageRecord("v1", desc))
+    sink.put_image(ImageRecord("v2", desc))
+    other.close()
+    fresh = RegistrySink(registry.host, sink.repository)
+    assert {k: v.root for k, v in fresh.images().items()} == {"v1": desc, "v2": desc}
+    fresh.close()
+
+
+def test_a_manifest_with_a_missing_blob_is_not_pushed(sink: RegistrySink) -> None:
+    ghost = Descriptor(OCI_LAYER_GZIP, Digest.of(b"never uploaded"), 14)
+    cdesc = put_bytes(sink, b"{}", OCI_CONFIG)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cdesc.to_json(),
+                           "layers": [ghost.to_json()]}).encode()
+    with pytest.raises(SinkError, match=f"blob {ghost.digest}"):
+        sink.put_manifest(manifest, OCI_MANIFEST)
+    assert sink.client.head_manifest(sink.repository, Digest.of(manifest)) is None
+
+
+def test_cross_repository_mount(sink: RegistrySink, registry: Any) -> None:
+    data = random_blob(5000)
+    digest = Digest.of(data)
+    put_bytes(sink, data, OCI_LAYER_GZIP)
+    target = RegistrySink(registry.host, repo_name())
+    source = RegistrySource.from_ref(f"{registry.host}/{sink.repository}:x")
+    assert target.mount_blob(Descriptor(OCI_LAYER_GZIP, digest, len(data)), source)
+    assert target.stat_blob(digest) == len(data)
+    missing = Descriptor(OCI_LAYER_GZIP, Digest.of(b"absent"), 6)
+    assert not target.mount_blob(missing, source)
+    assert target.stat_blob(missing.digest) is None
+    target.close()
+    source.close()
+
+
+# -- variant records ----------------------------------------------------------------------
+
+
+def _variant(sink: RegistrySink, source: Descriptor, level: int, payload: bytes) -> VariantRecord:
+    target = put_bytes(sink, payload, OCI_LAYER_ZSTD)
+    return VariantRecord(source, Digest.of(b"diff"), target, ZstdParams(level=level))
+
+
+def test_variant_records_are_found_from_another_machine(sink: RegistrySink, registry: Any) -> None:
+    source = Descriptor(OCI_LAYER_GZIP, Digest.of(b"gzip source"), 11)
+    rec = _variant(sink, source, 3, b"zstd bytes")
+    sink.put_variant(rec)
+    sink.put_variant(rec)  # again: fine
+    other = RegistrySink(registry.host, sink.repository)
+    assert other.find_variants(source.digest) == [rec]
+    assert other.find_variants(str(source.digest)) == [rec]
+    assert other.find_variants(Digest.of(b"unknown")) == []
+    assert other.images() == {}  # record tags are not images
+    other.close()
+
+
+def test_concurrent_writers_of_one_source_lose_no_record(registry: Any) -> None:
+    repo = repo_name()
+    source = Descriptor(OCI_LAYER_GZIP, Digest.of(b"shared source"), 13)
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+    written: list[VariantRecord] = []
+
+    def writer(level: int) -> None:
+        s = RegistrySink(registry.host, repo)
+        try:
+            rec = _variant(s, source, level, f"variant at level {level}".encode())
+            s.find_variants(source.digest)  # each writer lists before any of them writes
+            barrier.wait()
+            s.put_variant(rec)
+            written.append(rec)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=writer, args=(level,)) for level in (1, 3, 3, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    reader = RegistrySink(registry.host, repo)
+    found = reader.find_variants(source.digest)
+    assert sorted(r.params.level for r in found) == [1, 3, 9]
+    assert {r.target.digest for r in found} == {r.target.digest for r in written}
+    reader.close()
+
+
+def test_a_corrupt_record_is_skipped_and_replaced(sink: RegistrySink, registry: Any) -> None:
+    source = Descriptor(OCI_LAYER_GZIP, Digest.of(b"src"), 3)
+    rec = _variant(sink, source, 3, b"payload")
+    sink.put_variant(rec)
+    tag = next(t for t in sink.client.list_tags(sink.repository) if t.startswith(f"sha256-{source.digest.hex}"))
+    manifest, desc = _image(sink)  # an ordinary image manifest under the record's tag
+    sink.client.put_manifest(sink.repository, tag, manifest, OCI_MANIFEST)
+    other = RegistrySink(registry.host, sink.repository)
+    assert other.find_variants(source.digest) == []
+    other.put_variant(rec)
+    assert RegistrySink(registry.host, sink.repository).find_variants(source.digest) == [rec]
+    other.close()
+
+
+# -- htpasswd basic auth ---------------------------------------------------------------------
+
+
+def test_basic_auth_with_options_and_docker_config(registry_auth: Any, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    creds = Credentials(registry_auth.username, registry_auth.password)
+    repo = repo_name()
+    sink = RegistrySink(registry_auth.host, repo, credentials=creds)
+    manifest, desc = _image(sink)
+    sink.put_image(ImageRecord("v1", desc))
+    sink.close()
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {registry_auth.host: {
+        "username": registry_auth.username, "password": registry_auth.password}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    with RegistrySource.from_ref(f"{registry_auth.host}/{repo}:v1") as src:
+        assert src.resolve()[0] == desc and src.get_manifest(desc) == manifest
+
+
+def test_basic_auth_failures_name_registry_and_repository(registry_auth: Any, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))  # no config file: anonymous
+    repo = repo_name()
+    with pytest.raises(AuthError) as anon:
+        RegistrySource.from_ref(f"{registry_auth.host}/{repo}:v1").resolve()
+    assert "401" in str(anon.value) and registry_auth.host in str(anon.value) and repo in str(anon.value)
+    assert "no credentials" in str(anon.value)
+    wrong = Credentials(registry_auth.username, "wrong-password-xyzzy")
+    sink = RegistrySink(registry_auth.host, repo, credentials=wrong)
+    with pytest.raises(AuthError) as bad:
+        put_bytes(sink, b"data", OCI_CONFIG)
+    message = str(bad.value)
+    assert "401" in message and "rejected" in message and repo in message
+    assert "xyzzy" not in message and registry_auth.password not in message
+    sink.close()
+
+
+def test_not_found_names_what_is_missing(registry: Any) -> None:
+    repo = repo_name()
+    with pytest.raises(NotFound) as err:
+        RegistrySource.from_ref(f"{registry.host}/{repo}:nope").resolve()
+    assert f"repository {repo}" in str(err.value) and "manifest nope" in str(err.value)

@@ -1,0 +1,252 @@
+"""``type=registry,ref=HOST/REPO[:TAG][,mode=add|replace][,insecure=true][,username=U,password=P]``:
+an OCI registry repository as a cache sink.
+
+Blobs are registry blobs (streamed in by PATCH as they are produced), and
+manifests go to the manifests endpoint by digest. An image record is a tag:
+``put_image`` tags the root, ``images`` lists tags. Variant records are tagged
+artifact manifests (:mod:`transcoder.registry.variants` describes the scheme
+and why concurrent writers lose nothing).
+
+A manifest is pushed only after every blob or manifest it points to is known
+to be in the repository (written, mounted or seen by this sink, else checked
+with a HEAD), so the registry never holds a manifest with a missing blob,
+whatever the registry itself checks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import BinaryIO
+
+import httpx
+
+from ..descriptor import INDEX_TYPES, MAX_MANIFEST_BYTES, OCI_MANIFEST, Descriptor
+from ..digest import Digest
+from ..errors import InputError, ManifestError, NotFound, SinkError, UsageError
+from ..records import ImageRecord, VariantRecord
+from ..registry.auth import Credentials
+from ..registry.client import RegistryClient
+from ..registry.reference import check_tag, parse_reference
+from ..registry.upload import RegistryBlobWriter, push_blob
+from ..registry.variants import (
+    VARIANT_TYPE,
+    check_record,
+    is_attachment_tag,
+    record_blob_of,
+    record_manifest,
+    tag_prefix,
+    variant_tag,
+)
+from .base import as_digest
+
+log = logging.getLogger(__name__)
+OPTIONS = ("ref", "mode", "insecure", "username", "password")
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+
+
+def _flag(opts: dict[str, str], key: str) -> bool:
+    value = opts.get(key, "").lower()
+    if value not in _TRUE + _FALSE:
+        raise UsageError(f"type=registry: option {key}={value[:20]!r} must be true or false")
+    return value in _TRUE
+
+
+class RegistrySink:
+    def __init__(
+        self, host: str, repository: str, *, tag: str | None = None, mode: str = "add", insecure: bool = False,
+        credentials: Credentials | None = None, transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if mode not in ("add", "replace"):
+            raise UsageError(f"type=registry: option mode={mode[:20]!r} must be add or replace")
+        self.repository = repository
+        self.tag = tag
+        self.mode = mode
+        self.client = RegistryClient(host, insecure=insecure, credentials=credentials, transport=transport)
+        self.host = self.client.host
+        self._present: set[Digest] = set()  # blobs and manifests known to be in the repository
+        self._pushed: dict[Digest, bytes] = {}  # manifests pushed by this sink, for put_image
+        self._tags: set[str] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_options(cls, opts: dict[str, str], *, transport: httpx.BaseTransport | None = None) -> RegistrySink:
+        unknown = sorted(set(opts) - set(OPTIONS))
+        if unknown:
+            raise UsageError(f"type=registry: unknown option {unknown[0]!r} (known: {', '.join(OPTIONS)})")
+        if not opts.get("ref"):
+            raise UsageError("type=registry requires ref=HOST/REPO[:TAG]")
+        ref = parse_reference(opts["ref"], allow_digest=False, default_tag=None)
+        if ("username" in opts) != ("password" in opts):
+            raise UsageError("type=registry: give both username and password, or neither")
+        creds = Credentials(opts["username"], opts["password"]) if "username" in opts else None
+        return cls(ref.api_host, ref.repository, tag=ref.tag, mode=opts.get("mode", "add"),
+                   insecure=_flag(opts, "insecure"), credentials=creds, transport=transport)
+
+    @property
+    def location(self) -> str:
+        return f"registry:{self.host}/{self.repository}"
+
+    def __repr__(self) -> str:
+        return f"RegistrySink({self.location!r}, tag={self.tag!r}, mode={self.mode!r})"
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- blobs ---------------------------------------------------------------
+
+    def stat_blob(self, digest: Digest | str) -> int | None:
+        digest = as_digest(digest)
+        size = self.client.head_blob(self.repository, digest)
+        if size is not None:
+            self._present.add(digest)
+        return size
+
+    def open_blob(self, digest: Digest | str, offset: int = 0, length: int | None = None) -> BinaryIO:
+        return self.client.open_blob(self.repository, as_digest(digest), offset, length)
+
+    def blob_writer(self, media_type: str, *, key_hint: str | None = None, size_hint: int | None = None) -> RegistryBlobWriter:
+        return _Writer(self, f"{self.location}: blob {key_hint or media_type}")
+
+    def mount_blob(self, desc: Descriptor, source: object) -> bool:
+        """Cross-repository mount from a registry source on the same host;
+        False when that is not possible (the caller then copies the bytes)."""
+        host, repo = getattr(source, "host", None), getattr(source, "repository", None)
+        if host != self.host or not isinstance(repo, str) or repo == self.repository:
+            return False
+        if self.client.mount_blob(self.repository, desc.digest, repo):
+            self._present.add(desc.digest)
+            return True
+        return False
+
+    # -- manifests -------------------------------------------------------------
+
+    def put_manifest(self, data: bytes, media_type: str) -> Descriptor:
+        digest = Digest.of(data)
+        self._check_children(data, media_type, digest)
+        self.client.put_manifest(self.repository, digest, data, media_type)
+        with self._lock:
+            self._present.add(digest)
+            self._pushed[digest] = data
+        return Descriptor(media_type, digest, len(data))
+
+    def get_manifest(self, desc: Descriptor) -> bytes:
+        data = self._pushed.get(desc.digest)
+        if data is None:
+            data = self.client.get_manifest(self.repository, desc.digest, accept=(desc.media_type,)).data
+        if len(data) != desc.size:
+            raise ManifestError(f"{self.location}: manifest {desc.digest} is {len(data)} bytes, descriptor says {desc.size}")
+        return data
+
+    def _check_children(self, data: bytes, media_type: str, digest: Digest) -> None:
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{self.location}: manifest {digest}: {len(data)} bytes is over the limit")
+        try:
+            obj = json.loads(data)
+            index = media_type in INDEX_TYPES
+            children = obj["manifests"] if index else [obj["config"], *obj["layers"]]
+            descs = [Descriptor.from_json(c, f"manifest {digest}") for c in children]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ManifestError(f"{self.location}: manifest {digest} ({media_type}) is malformed") from exc
+        for d in descs:
+            if d.digest in self._present:
+                continue
+            found = self.client.head_manifest(self.repository, d.digest) if index else self.stat_blob(d.digest)
+            if found is None:
+                kind = "manifest" if index else "blob"
+                raise SinkError(f"{self.location}: manifest {digest} points to {kind} {d.digest}, which the "
+                                "repository lacks; not pushing it")
+            self._present.add(d.digest)
+
+    # -- records -----------------------------------------------------------------
+
+    def put_image(self, rec: ImageRecord) -> None:
+        """Tag the root: for a registry, an image's name is its tag."""
+        tag = check_tag(rec.name, f"{self.location}: image name")
+        if is_attachment_tag(tag):
+            raise UsageError(f"{self.location}: image name {tag!r} is reserved for attachments")
+        data = self.get_manifest(rec.root)
+        self.client.put_manifest(self.repository, tag, data, rec.root.media_type)
+        with self._lock:
+            if self._tags is not None:
+                self._tags.add(tag)
+
+    def images(self) -> dict[str, ImageRecord]:
+        out: dict[str, ImageRecord] = {}
+        for tag in sorted(self._list_tags()):
+            if is_attachment_tag(tag):
+                continue
+            try:
+                got = self.client.get_manifest(self.repository, tag)
+            except NotFound:
+                continue  # untagged since the listing
+            out[tag] = ImageRecord(tag, got.descriptor(), 0.0)
+        return out
+
+    def put_variant(self, rec: VariantRecord) -> None:
+        body = rec.to_bytes()
+        blob = Descriptor(VARIANT_TYPE, Digest.of(body), len(body))
+        push_blob(self.client, self.repository, body, blob.digest)
+        self._present.add(blob.digest)
+        manifest = record_manifest(rec, blob)
+        self._check_children(manifest, OCI_MANIFEST, Digest.of(manifest))
+        tag = variant_tag(rec.source.digest, rec.params.key)
+        self.client.put_manifest(self.repository, tag, manifest, OCI_MANIFEST)
+        with self._lock:
+            if self._tags is not None:
+                self._tags.add(tag)
+
+    def find_variants(self, source: Digest | str) -> list[VariantRecord]:
+        source = as_digest(source)
+        prefix = tag_prefix(source)
+        found = []
+        for tag in sorted(t for t in self._list_tags() if t.startswith(prefix)):
+            rec = self._read_record(tag, source, tag[len(prefix) :])
+            if rec is not None:
+                found.append(rec)
+        return found
+
+    def _read_record(self, tag: str, source: Digest, params_key: str) -> VariantRecord | None:
+        """A record, or None (logged) when it is gone or not a valid record: a
+        bad record must not block conversions, and the next put_variant of
+        the same source and parameters replaces it."""
+        where = f"{self.location}: variant record {tag}"
+        try:
+            manifest = self.client.get_manifest(self.repository, tag).data
+            config, target = record_blob_of(manifest, source, where)
+            with self.open_blob(config.digest) as f:
+                body = f.read(config.size + 1)
+            if Digest.of(body) != config.digest:
+                raise ManifestError(f"{where}: record blob does not match its digest")
+            rec = VariantRecord.from_bytes(body, where)
+            check_record(rec, source, target, params_key, where)
+        except NotFound:
+            return None
+        except InputError as exc:
+            log.warning("ignoring %s", exc)
+            return None
+        return rec
+
+    def _list_tags(self) -> set[str]:
+        """The repository's tags, listed once per sink (then kept up to date
+        with what this sink tags)."""
+        with self._lock:
+            if self._tags is None:
+                self._tags = set(self.client.list_tags(self.repository))
+            return set(self._tags)
+
+
+class _Writer(RegistryBlobWriter):
+    """Marks committed blobs as present, so manifests need no HEAD for them."""
+
+    def __init__(self, sink: RegistrySink, name: str) -> None:
+        super().__init__(sink.client, sink.repository, name)
+        self._sink = sink
+
+    def commit(self, size: int, digest: Digest) -> None:
+        super().commit(size, digest)
+        self._sink._present.add(digest)
+
+
+__all__ = ["RegistrySink"]
