@@ -5,6 +5,7 @@ hit, answered without reading the source or re-encoding it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -124,10 +125,8 @@ def _record(table: VariantTable, result: TranscodeResult, src: str | None, out: 
     table.record(rec, locations)
     table.remember_file(out, result.target.digest)
     if src is not None:
-        try:
+        with contextlib.suppress(OSError):  # a FIFO or a file removed meanwhile: nothing to cache
             table.remember_file(src, result.source.digest)
-        except OSError:
-            pass  # a FIFO or a file removed meanwhile: nothing to cache
 
 
 def verify_variant(rec: VariantRecord, stream: BinaryIO) -> None:

@@ -12,6 +12,7 @@ bound and the output digest have all been checked.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -25,6 +26,7 @@ from .codecs import Format, ZstdParams, detect, iter_gzip, iter_zstd
 from .descriptor import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, Descriptor
 from .digest import Digest
 from .errors import DigestMismatch, FormatError, SizeLimitExceeded, SizeMismatch
+from .faults import crashpoint
 from .writers import BlobWriter
 
 CHUNK = 1 << 20
@@ -136,6 +138,7 @@ def _decode_thread(src: _SourceReader, name: str, max_size: int | None, out: que
             if max_size is not None and info.tar_size > max_size:
                 raise SizeLimitExceeded(f"{name}: decoded size exceeds --max-size {max_size} bytes")
             tar_hash.update(chunk)
+            crashpoint("decode")
             out.put(chunk)
         info.diff_id = Digest.from_hasher(tar_hash)
         out.put(_END)
@@ -223,10 +226,8 @@ def _encode(chunks: queue.Queue[Any], writer: BlobWriter, params: ZstdParams, wo
 def _drain(chunks: queue.Queue[Any], thread: threading.Thread) -> None:
     """Unblock and reap the decode thread after the consumer failed."""
     while thread.is_alive():
-        try:
+        with contextlib.suppress(queue.Empty):
             chunks.get(timeout=0.05)
-        except queue.Empty:
-            pass
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,8 @@ class VariantTable:
             st = os.stat(p)
         except OSError:
             return None
-        rows = self._read("SELECT dev, ino, size, mtime_ns, ctime_ns, digest FROM file_digests WHERE path=?", (p,))
+        sql = "SELECT dev, ino, size, mtime_ns, ctime_ns, digest FROM file_digests WHERE path=?"
+        rows = self._read(sql, (p,))
         row = rows[0] if rows else None
         if row is None or tuple(row[:5]) != _stat_key(st):
             return None

@@ -10,15 +10,16 @@ the block exits without a commit, so an exception never leaves half a blob.
 from __future__ import annotations
 
 import hashlib
-from abc import ABC, abstractmethod
 import os
 import tempfile
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
 from .digest import Digest
 from .errors import DigestMismatch, SizeMismatch, StoreError
+from .faults import crashpoint
 
 
 class BlobWriter(Protocol):
@@ -95,6 +96,7 @@ class FileWriter(WriterBase):
                 os.fsync(self._file.fileno())
             self._file.close()
             os.replace(self._tmp, self.path)
+            crashpoint("blob-committed")
         except OSError as exc:
             self.abort()
             raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc

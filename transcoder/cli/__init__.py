@@ -15,7 +15,7 @@ import sys
 from .. import __version__
 from ..errors import TranscoderError
 
-COMMANDS = ["convert", "restore", "variants", "gc", "bench", "emulator"]
+COMMANDS = ["convert", "restore", "variants", "gc", "check", "bench", "emulator"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ class ArchiveSource:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            self._tar = tarfile.open(path, "r:")
+            self._tar = tarfile.open(path, "r:")  # noqa: SIM115 - open for the source's lifetime; close() ends it
         except (OSError, tarfile.TarError) as exc:
             raise InputError(f"docker-archive:{path}: cannot read archive ({exc})") from exc
         self._members = {posixpath.normpath(m.name): m for m in self._tar.getmembers()}

@@ -156,7 +156,7 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
             job.record(outcome.record)
     root = _write_manifests(source, sink, p, outcomes, opts.mode)
     sink.put_image(ImageRecord(name, root))
-    layers = [outcomes[d] for d in dict.fromkeys(l.digest for m in p.manifests for l in m.manifest.layers)]
+    layers = [outcomes[d] for d in dict.fromkeys(x.digest for m in p.manifests for x in m.manifest.layers)]
     return ImageResult(name, p.root, root, opts.mode, layers, time.perf_counter() - started)
 
 
@@ -175,9 +175,9 @@ def _check_layers_present(source: ImageSource, p: Plan) -> None:
 
 
 def _run_layers(job: LayerJob, p: Plan, jobs: int) -> dict[Digest, LayerOutcome]:
-    unique = {l.digest: l for m in p.manifests for l in m.manifest.layers}
+    unique = {x.digest: x for m in p.manifests for x in m.manifest.layers}
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="layer") as pool:
-        futures = {d: pool.submit(job.run, l) for d, l in unique.items()}
+        futures = {d: pool.submit(job.run, layer) for d, layer in unique.items()}
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
     if errors:
         raise errors[0]  # type: ignore[misc]
@@ -186,9 +186,9 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int) -> dict[Digest, LayerOutcome]
 
 def _zstd_manifest(m: Platformed, outcomes: dict[Digest, LayerOutcome]) -> tuple[bytes, bool]:
     layers = []
-    for l in m.manifest.layers:
-        t = outcomes[l.digest].target
-        layers.append(l.replace(media_type=t.media_type, digest=t.digest, size=t.size))
+    for layer in m.manifest.layers:
+        t = outcomes[layer.digest].target
+        layers.append(layer.replace(media_type=t.media_type, digest=t.digest, size=t.size))
     changed = any(a.digest != b.digest for a, b in zip(layers, m.manifest.layers, strict=True))
     config = m.manifest.config.replace(media_type=oci_config_type(m.manifest.config.media_type))
     return canonical_json(m.manifest.with_layers(layers, OCI_MANIFEST, config)), changed

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..codecs import ZstdParams
 from ..descriptor import GZIP_LAYER_TYPES, OCI_LAYER_ZSTD, TAR_LAYER_TYPES, ZSTD_LAYER_TYPES, Descriptor
+from ..faults import crashpoint
 from ..records import VariantRecord
 from ..sinks.base import Sink
 from ..transcode import Progress, transcode_stream
@@ -116,5 +117,6 @@ class LayerJob:
 
     def record(self, rec: VariantRecord) -> None:
         self.sink.put_variant(rec)
+        crashpoint("record-written")
         if self.table is not None:
             self.table.record(rec, {rec.target.digest: self.sink.location})

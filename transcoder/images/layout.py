@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 from ..descriptor import ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_LAYOUT_VERSION, Descriptor
 from ..digest import Digest, check_digest
 from ..errors import InputError, ManifestError, NotFound
+from ..faults import crashpoint
 from .model import canonical_json
 
 
@@ -99,6 +100,8 @@ class Layout:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if path.name == "index.json":
+            crashpoint("index-write")
         os.replace(tmp, path)
 
 

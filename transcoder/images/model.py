@@ -122,7 +122,7 @@ def matches_platform(platform: dict[str, Any] | None, wanted: list[str] | None) 
         return False
     for w in wanted:
         parts = w.split("/")
-        if parts[0] == platform.get("os") and len(parts) > 1 and parts[1] == platform.get("architecture"):
-            if len(parts) < 3 or parts[2] == platform.get("variant"):
-                return True
+        same_os_arch = len(parts) > 1 and parts[0] == platform.get("os") and parts[1] == platform.get("architecture")
+        if same_os_arch and (len(parts) < 3 or parts[2] == platform.get("variant")):
+            return True
     return False
