@@ -85,7 +85,8 @@ def write_manifest(root: Path, tars: list[bytes], *, docker: bool = False, arch:
     _write_blob(root, config)
     for b in blobs:
         _write_blob(root, b)
-    mt, cfg_mt, layer_mt = (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER_GZIP) if docker else (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP)
+    types = (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER_GZIP) if docker else (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP)
+    mt, cfg_mt, layer_mt = types
     manifest = {"schemaVersion": 2, "mediaType": mt, "config": _desc(cfg_mt, config),
                 "layers": [_desc(layer_mt, b, annotations={"test.layer": str(i)}) for i, b in enumerate(blobs)],
                 "annotations": {"test.unknown": "kept"}}

@@ -76,7 +76,7 @@ def test_multi_member_gzip_as_pigz_writes_it() -> None:
 @pytest.mark.skipif(shutil.which("pigz") is None, reason="pigz not installed")
 def test_real_pigz_output() -> None:
     src = subprocess.run(["pigz", "-6", "-n", "-b", "128"], input=TAR, capture_output=True, check=True).stdout
-    w, res = run(src)
+    w, _res = run(src)
     assert zstd_cli_decode(bytes(w.buf)) == TAR
 
 
@@ -115,7 +115,7 @@ def test_property_levels_workers_members(level: int, workers: int, cut: int, see
 
 def test_expected_digest_mismatch_commits_nothing(tmp_path: pytest.TempPathFactory) -> None:
     out = tmp_path / "out.zst"  # type: ignore[operator]
-    with pytest.raises(DigestMismatch, match="expected sha256:0{64}"):
+    with pytest.raises(DigestMismatch, match=r"expected sha256:0{64}"):
         transcode_stream(io.BytesIO(gz(TAR)), FileWriter(out), expect=Digest("sha256:" + "0" * 64))
     assert not out.exists() and not list(tmp_path.iterdir())  # type: ignore[attr-defined]
 

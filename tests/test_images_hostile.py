@@ -47,7 +47,7 @@ def layer_path(layout: Path, i: int = 0) -> tuple[Path, dict]:  # type: ignore[t
 
 def rewrite_manifest(layout: Path, change: Callable[[dict], None]) -> None:  # type: ignore[type-arg]
     """Edit the manifest and re-point index.json at its new digest."""
-    m, old = manifest_of(layout)
+    m, _old = manifest_of(layout)
     change(m)
     data = json.dumps(m).encode()
     digest = hashlib.sha256(data).hexdigest()
@@ -90,7 +90,7 @@ def symlink_out(layout: Path, tmp: Path) -> str:
 
 
 def malformed_json(layout: Path) -> str:
-    _, path = manifest_of(layout)
+    _, _path = manifest_of(layout)
     data = b"{not json"
     digest = hashlib.sha256(data).hexdigest()
     (layout / "blobs" / "sha256" / digest).write_bytes(data)
