@@ -90,7 +90,9 @@ class Emulator:
 
     def start(self) -> Emulator:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, name="gha-emulator", daemon=True)
+            # A short poll interval keeps close() quick; the loop is idle otherwise.
+            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="gha-emulator",
+                                            daemon=True)
             self._thread.start()
         return self
 

@@ -67,10 +67,12 @@ class SasSigner:
         if not hmac.compare_digest(self._sig(path, permissions, start, expiry), sig):
             raise SasError("Signature did not match. String to sign used was <redacted>")
         try:
-            expires = _parse_iso(expiry)
+            starts, expires = _parse_iso(start), _parse_iso(expiry)
         except ValueError as exc:
-            raise SasError(f"Signed expiry time [{expiry}] is not a valid time") from exc
+            raise SasError(f"Signed time [{start}, {expiry}] is not a valid time") from exc
         now = self._clock()
+        if now < starts:
+            raise SasError(f"Signed start time [{start}] must be before current time [{_iso(now)}]")
         if now >= expires:
             raise SasError(f"Signed expiry time [{expiry}] must be after current time [{_iso(now)}]")
         if need not in permissions:
