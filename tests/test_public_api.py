@@ -1,0 +1,20 @@
+"""The public surface is deliberate: changing it must change this test."""
+
+from __future__ import annotations
+
+import transcoder
+
+
+def test_exported_members() -> None:
+    assert sorted(transcoder.__all__) == sorted([
+        "BlobWriter", "Descriptor", "Digest", "FileWriter", "ImageRecord", "NullWriter", "TranscodeResult",
+        "TranscoderError", "VariantRecord", "VariantTable", "ZstdParams", "__version__", "transcode_stream",
+    ])
+    for name in transcoder.__all__:
+        assert getattr(transcoder, name) is not None
+
+
+def test_py_typed_marker_ships() -> None:
+    from importlib.resources import files
+
+    assert files("transcoder").joinpath("py.typed").is_file()
