@@ -7,8 +7,9 @@ import transcoder
 
 def test_exported_members() -> None:
     assert sorted(transcoder.__all__) == sorted([
-        "BlobWriter", "Descriptor", "Digest", "FileWriter", "ImageRecord", "NullWriter", "TranscodeResult",
-        "TranscoderError", "VariantRecord", "VariantTable", "ZstdParams", "__version__", "transcode_stream",
+        "BlobWriter", "ConvertOptions", "Descriptor", "Digest", "FileWriter", "ImageRecord", "ImageResult",
+        "NullWriter", "TranscodeResult", "TranscoderError", "VariantRecord", "VariantTable", "ZstdParams",
+        "__version__", "convert_blob", "convert_image", "open_sink", "open_source", "restore", "transcode_stream",
     ])
     for name in transcoder.__all__:
         assert getattr(transcoder, name) is not None

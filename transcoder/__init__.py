@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .blobs import convert_blob
 from .codecs import ZstdParams
 from .descriptor import Descriptor
 from .digest import Digest
 from .errors import TranscoderError
+from .images.convert import ConvertOptions, ImageResult, convert_image
+from .images.restore import restore
+from .images.source import open_source
 from .records import ImageRecord, VariantRecord
+from .sinks import open_sink
 from .transcode import TranscodeResult, transcode_stream
 from .variants import VariantTable
 from .writers import BlobWriter, FileWriter, NullWriter
@@ -21,10 +26,12 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "BlobWriter",
+    "ConvertOptions",
     "Descriptor",
     "Digest",
     "FileWriter",
     "ImageRecord",
+    "ImageResult",
     "NullWriter",
     "TranscodeResult",
     "TranscoderError",
@@ -32,5 +39,10 @@ __all__ = [
     "VariantTable",
     "ZstdParams",
     "__version__",
+    "convert_blob",
+    "convert_image",
+    "open_sink",
+    "open_source",
+    "restore",
     "transcode_stream",
 ]
