@@ -10,6 +10,7 @@ own member table, never joined to a filesystem path.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import posixpath
 import tarfile
@@ -30,6 +31,32 @@ from ..errors import InputError, ManifestError, NotFound
 from .model import canonical_json
 
 _MAX_LINK_DEPTH = 8
+
+
+class _Bounded(io.RawIOBase):
+    """Reads at most ``size`` bytes from ``f``, then EOF; closes ``f``."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._f = f
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._f.read(n)
+        self._left -= len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
 
 
 class ArchiveSource:
@@ -64,9 +91,14 @@ class ArchiveSource:
         return m
 
     def _open(self, name: str) -> BinaryIO:
-        f = self._tar.extractfile(self._member(name))
-        assert f is not None
-        return f  # type: ignore[return-value]
+        """A reader of one member on its own file handle: layers are read by
+        several threads at once, and tarfile's shared handle is not safe for that."""
+        member = self._member(name)
+        if member.issparse():
+            raise ManifestError(f"{self.name}: member {name!r} is a sparse file")
+        f = open(self.path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+        f.seek(member.offset_data)
+        return _Bounded(f, member.size)  # type: ignore[return-value]
 
     def _read_small(self, name: str) -> bytes:
         m = self._member(name)
