@@ -404,6 +404,9 @@ def test_cli_prints_env_and_serves_until_terminated(tmp_path: Path) -> None:
         assert call(api, "GetCacheEntryDownloadURL", {"key": "k", "version": "v"}).status_code == 503
         r = call(api, "CreateCacheEntry", {"key": "k", "version": "v"})
         assert r.json()["ok"] and "/devstoreaccount1/actions-cache/" in r.json()["signed_upload_url"]
+        state = BLOB.get(exports["ACTIONS_RESULTS_URL"] + "_emulator/state").json()
+        assert state["counts"] == {"GetCacheEntryDownloadURL": 1, "CreateCacheEntry": 1}
+        assert [(e["key"], e["state"], e["scope"]) for e in state["entries"]] == [("k", "reserved", "refs/pull/3/merge")]
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)

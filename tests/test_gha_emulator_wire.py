@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from tests import peers
 from transcoder.gha.emulator import COMMITTED, Emulator, ManualClock
 
 HTTP = httpx.Client(verify=False, timeout=60)
@@ -281,3 +283,28 @@ def test_v1_rate_limit_body_has_the_bom(emu: Emulator) -> None:
     assert r.status_code == 429 and r.headers["retry-after"] == "60"
     assert r.content.startswith(b"\xef\xbb\xbf")
     assert json.loads(r.content.decode("utf-8-sig"))["typeKey"] == "RequestBlockedException"
+
+
+# -- Azurite data plane ----------------------------------------------------------------
+
+
+@pytest.mark.peers
+def test_azurite_plane_finalize_checks_the_blob_in_azurite(azurite: peers.Azurite) -> None:
+    clock = ManualClock(time.time() - 3600)  # SAS times an hour behind Azurite's clock: download URLs are born expired
+    with Emulator(clock=clock, azurite=azurite.connection_string, download_url_ttl=600,
+                  upload_url_ttl=7200) as emu:
+        url = reserve(emu)
+        assert url.startswith(azurite.blob_endpoint + "/actions-cache-") and "sp=cw" in url
+        assert "no blob" in finalize(emu, 3).json()["message"]
+        assert put_block(url, js_block_id(0), b"abc").status_code == 201
+        assert "no blob" in finalize(emu, 3).json()["message"]  # uncommitted blocks are not a blob
+        assert block_list(url, [("Latest", js_block_id(0))]).status_code == 201
+        assert "does not match" in finalize(emu, 4).json()["message"]
+        assert finalize(emu, 3).json()["ok"]
+        entry = emu.entries()[0]
+        assert emu.blob_bytes(entry) == b"abc"
+        r = HTTP.get(download_url(emu))
+        # Azure says AuthenticationFailed; Azurite 3.35 says AuthorizationFailure. Both are an expired SAS.
+        assert r.status_code == 403 and r.headers["x-ms-error-code"] in ("AuthenticationFailed", "AuthorizationFailure")
+        emu.evict(entry)
+        assert emu.plane.committed_size(entry.blob_name) is None

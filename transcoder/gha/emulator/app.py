@@ -6,6 +6,7 @@ either handled or replaced by a pending fault. Routing:
     POST /twirp/github.actions.results.api.v1.CacheService/<Method>   v2
     <any prefix>/_apis/artifactcache/...                               v1
     /devstoreaccount1/actions-cache/<blob>?<sas>                       built-in blob plane
+    GET /_emulator/state                                               counters and entries (JSON)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from . import blobplane, rest, twirp
 from .blobplane import BuiltinPlane, azure_error
@@ -34,7 +35,12 @@ class RequestRecord:
     status: int  # 0 when the connection was dropped
 
 
+STATE_PATH = "/_emulator/state"
+
+
 def surface(req: Request) -> str:
+    if req.path == STATE_PATH and req.method == "GET":
+        return "admin"
     if req.path.startswith("/twirp/"):
         return "v2"
     if rest.MARKER in req.path:
@@ -52,7 +58,7 @@ def operation(req: Request) -> str:
         return rest.operation(req)
     if kind == "blob":
         return blobplane.operation(req)
-    return "NotFound"
+    return "admin.State" if kind == "admin" else "NotFound"
 
 
 class App:
@@ -70,6 +76,8 @@ class App:
 
     def __call__(self, req: Request) -> Response:
         op = operation(req)
+        if op == "admin.State":  # introspection is neither counted nor subject to faults
+            return self._state()
         with self._lock:
             self.counts[op] += 1
         fault = self.faults.take(op)
@@ -89,6 +97,13 @@ class App:
         if kind == "blob" and isinstance(plane, BuiltinPlane):
             return plane.handle(req)
         return json_response(404, {"code": "bad_route", "msg": f"no handler for path {req.path!r}"})
+
+    def _state(self) -> Response:
+        """What the Python API shows, for users of the command line (no secrets: no URLs, no tokens)."""
+        with self._lock:
+            counts = dict(self.counts)
+        entries = [asdict(e) for e in sorted(self.service.store.snapshot(), key=lambda e: e.id)]
+        return json_response(200, {"counts": counts, "entries": entries, "faults": [asdict(f) for f in self.faults.pending()]})
 
     def _inject(self, fault: Fault, req: Request) -> Response:
         if fault.kind in ("delay", "drop"):

@@ -23,7 +23,7 @@ class AzuritePlane:
 
     def __init__(self, connection_string: str, clock: Callable[[], float], container: str | None = None) -> None:
         try:
-            from azure.core.exceptions import ResourceExistsError
+            from azure.core.exceptions import AzureError, ResourceExistsError
             from azure.storage.blob import BlobServiceClient
         except ImportError as exc:  # pragma: no cover - optional extra
             raise UsageError("--azurite needs azure-storage-blob (pip install 'transcoder[azure]')") from exc
@@ -34,8 +34,13 @@ class AzuritePlane:
         self._clock = clock
         self.container = container or f"actions-cache-{secrets.token_hex(4)}"
         self._client = self._service.get_container_client(self.container)
-        with contextlib.suppress(ResourceExistsError):
-            self._client.create_container()
+        try:
+            with contextlib.suppress(ResourceExistsError):
+                self._client.create_container()
+        except AzureError as exc:  # the message names the endpoint, never the account key
+            self._service.close()
+            raise UsageError(f"--azurite: cannot create container {self.container!r} at "
+                             f"{self._service.primary_endpoint}: {type(exc).__name__}") from exc
         cred = self._service.credential
         self._account, self._key = cred.account_name, cred.account_key
 

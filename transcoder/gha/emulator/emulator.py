@@ -65,12 +65,21 @@ class Emulator:
         self._own_dir = data_dir is None
         self.data_dir = Path(tempfile.mkdtemp(prefix="transcoder-gha-emulator-")) if data_dir is None else data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.plane = self._plane(azurite)
+        try:
+            self.plane = self._plane(azurite)
+        except BaseException:
+            self._remove_data()
+            raise
         self.uploads = V1Uploads(self.data_dir)
         self.service = CacheService(self.config, self.plane, self.secret, clock, on_evict=self.uploads.discard)
         self.faults = FaultPlan()
         self.app = App(self.service, self.uploads, self.faults)
-        self._server = Server((host, port), self.app)
+        try:
+            self._server = Server((host, port), self.app)
+        except BaseException:
+            self.plane.close()
+            self._remove_data()
+            raise
         host_name, bound_port = self._server.server_address[:2]
         self.url = f"http://{host_name!s}:{bound_port}"
         if isinstance(self.plane, BuiltinPlane):
@@ -111,6 +120,9 @@ class Emulator:
             self._thread = None
         self._server.server_close()
         self.plane.close()
+        self._remove_data()
+
+    def _remove_data(self) -> None:
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
