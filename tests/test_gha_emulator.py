@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -413,3 +414,40 @@ def test_cli_prints_env_and_serves_until_terminated(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert out.splitlines()[0].startswith("export ACTIONS_CACHE_URL=")
     assert "sig=" not in out + err and exports["ACTIONS_RUNTIME_TOKEN"] not in err
+
+
+def test_concurrent_creates_of_one_key_have_one_winner(emu: Emulator) -> None:
+    # The design relies on Create as a compare-and-swap: exactly one racer gets the key.
+    token = emu.mint_token()
+
+    def create(_: int) -> int:
+        with httpx.Client(base_url=emu.url, verify=False, headers={"Authorization": f"Bearer {token}"}) as c:
+            return c.post(SVC + "CreateCacheEntry", json={"key": "index-#1", "version": "v"}).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = sorted(pool.map(create, range(16)))
+    assert statuses == [200] + [409] * 15
+    assert len(emu.entries()) == 1
+
+
+def test_hostile_framing_is_refused(emu: Emulator) -> None:
+    import socket
+
+    url = call(client(emu), "CreateCacheEntry", {"key": "k", "version": "v"}).json()["signed_upload_url"]
+    target = url.removeprefix(emu.url).encode()
+    host, port = emu.url.removeprefix("http://").split(":")
+    for head, body in [(b"Content-Length: -5\r\n", b""), (b"Transfer-Encoding: chunked\r\n", b"zz\r\n")]:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"PUT " + target + b" HTTP/1.1\r\nHost: x\r\nx-ms-blob-type: BlockBlob\r\n" + head + b"\r\n" + body)
+            reply = sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 400"), reply
+    assert emu.plane.committed_size(emu.entries()[0].blob_name) is None
+
+
+def test_public_names() -> None:
+    import transcoder.gha.emulator as package
+
+    assert sorted(package.__all__) == sorted(name for name in vars(package) if not name.startswith("_")
+                                             and name not in {"annotations", "app", "emulator", "faults", "jwt",
+                                                              "service", "store", "blobplane", "blockstore",
+                                                              "wire", "server", "rest", "twirp", "sas"})

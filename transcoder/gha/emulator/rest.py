@@ -37,6 +37,7 @@ from .wire import BadBody, Request, Response, json_response, parse_json_object
 
 MARKER = "/_apis/artifactcache/"
 BODY_LIMIT = 1 << 20
+MAX_OFFSET = 1 << 40  # refuse absurd offsets instead of making a sparse file of petabytes
 _RANGE = re.compile(r"bytes (\d+)-(\d+)/(\*|\d+)")
 _TYPES = {
     "ArtifactCacheItemAlreadyExistsException": "Microsoft.Azure.DevOps.ArtifactCache.WebApi",
@@ -195,8 +196,8 @@ def _upload_chunk(service: CacheService, uploads: V1Uploads, grant: jwt.Grant, e
     if not match:
         raise Invalid("Content-Range must be 'bytes <start>-<end>/*'")
     start, end = int(match.group(1)), int(match.group(2))
-    if end < start:
-        raise Invalid(f"Content-Range {start}-{end} is empty")
+    if end < start or end >= MAX_OFFSET:
+        raise Invalid(f"Content-Range {start}-{end} is empty or beyond {MAX_OFFSET} bytes")
     service.store.reserved_by_id(grant.repository, entry_id)
     upload = uploads.get(entry_id)
     written = _write_at(upload.path, start, req)

@@ -36,6 +36,8 @@ class Body:
         self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
         length = headers.get("Content-Length")
         self.length: int | None = None if self.chunked or length is None else int(length)
+        if self.length is not None and self.length < 0:
+            raise ValueError("negative Content-Length")
         self._left = self.length or 0
         self.done = not self.chunked and not self._left
 
