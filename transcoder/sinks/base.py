@@ -19,6 +19,27 @@ digests are validated before they reach a path or URL; a blob is invisible
 until committed; a failed or aborted write leaves nothing visible; secrets
 never appear in ``str``/``repr``/errors; options are validated up front with
 an error naming the bad option.
+
+In detail (each point is a test in tests/sink_contract.py):
+
+* Methods that take a digest also accept its string form and pass it through
+  :func:`as_digest` before any I/O, so a malformed one raises InputError.
+* ``stat_blob`` of a missing blob is None; ``open_blob`` of one raises
+  NotFound. ``open_blob(d, offset, length)`` yields bytes
+  ``[offset, offset + length)`` clipped to the blob's end (an offset at the
+  end gives ``b""``).
+* A writer's ``commit`` with the wrong size or digest raises SizeMismatch or
+  DigestMismatch and nothing becomes visible; ``abort`` (or leaving the
+  writer's ``with`` block without a commit) leaves nothing visible either.
+  Two writers committing the same digest both succeed.
+* ``put_variant`` of an existing record succeeds; ``find_variants`` returns
+  the records whose source is the digest (records with different params are
+  all kept).
+* ``images`` merges every record written, by any writer, with
+  :func:`~transcoder.records.merge_images`: a name's newest record wins,
+  whatever the order of the writes.
+* All of the above holds with writers in several threads and processes at
+  once: nothing is lost, no half-written blob is ever visible.
 """
 
 from __future__ import annotations
@@ -28,7 +49,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 
 from ..descriptor import MAX_MANIFEST_BYTES, Descriptor
 from ..digest import Digest, check_digest
-from ..errors import ManifestError
+from ..errors import InputError, ManifestError
 from ..records import ImageRecord, VariantRecord
 from ..writers import BlobWriter
 
@@ -45,7 +66,10 @@ class BlobIngester(Protocol):
     def blob_writer(self, media_type: str, *, key_hint: str | None = None, size_hint: int | None = None) -> BlobWriter:
         """``key_hint`` names the content before its digest is known (for
         example ``<source digest>-<params key>``); sinks that must name an
-        upload up front may use it, and must still publish under the digest."""
+        upload up front may use it, and must still publish under the digest.
+        A hint that is itself a digest is a promise: a sink may upload straight
+        to that digest's final name and refuse (DigestMismatch) a commit under
+        any other digest."""
         ...
 
 
@@ -77,6 +101,15 @@ class Sink(BlobProvider, BlobIngester, ManifestStore, RecordStore, Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def as_digest(value: Digest | str) -> Digest:
+    """A sink method's digest argument, validated: a Digest, or a string that parses as one."""
+    if isinstance(value, Digest):
+        return value
+    if isinstance(value, str):
+        return Digest.parse(value)
+    raise InputError(f"invalid digest {value!r:.80}: expected sha256:<64 hex>")
 
 
 def put_bytes(sink: BlobIngester, data: bytes, media_type: str) -> Descriptor:

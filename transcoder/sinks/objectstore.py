@@ -1,0 +1,427 @@
+"""Object-store sinks (S3, Azure Blob): one layout, one writer, one reader,
+over a small store protocol that each service implements in its own module.
+
+Layout under the sink's prefix::
+
+    blobs/sha256/<hex>                                     blobs, configs, manifests
+    variants/<source hex>/<params key>/<target hex>.json   variant records
+    images/<escaped name>/<created>-<random>.json          image records
+    ingest/<random>                                        uploads whose digest is not known yet
+
+Everything but ``ingest/`` is immutable and written with a create-only
+conditional write, so concurrent writers never overwrite each other: the
+second writer of a blob or record sees "already exists", which is success.
+Image records are never replaced: each write adds one, and ``images()``
+merges them (newest binding of a name wins), so parallel exporters lose
+nothing. A crash leaves at most objects under ``ingest/`` (and, on S3,
+incomplete multipart uploads), which no reader ever looks at.
+
+A blob is written in parts as it arrives (several parts in flight, memory
+bounded by ``(concurrency + 1) x part size``). Where it goes depends on what
+is known when the writer opens:
+
+* the whole blob fits in the first part: one create-only put at commit;
+* the caller passed its digest as ``key_hint`` (copies, canonical blobs):
+  parts go to an upload on the final key, which stays invisible until a
+  create-only completion at commit;
+* otherwise (transcoder output, digest known only at the end): parts go to
+  an upload under ``ingest/``, completed at commit, then published by a
+  server-side create-only copy to the final key and removed. No byte crosses
+  the client's network twice.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol, TypeVar
+from urllib.parse import quote
+
+from ..digest import Digest, is_digest
+from ..errors import DigestMismatch, InputError, ManifestError, NotFound, StoreError, TranscoderError, UsageError
+from ..records import ImageRecord, VariantRecord, merge_images
+from ..writers import WriterBase
+from .base import BlobManifests, as_digest
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_RECORD_BYTES = 1 << 20
+READ_BUFFER = 1 << 20
+# Parts grow so that a blob of any size fits the services' part-count limits
+# (S3: 10,000 parts; Azure: 50,000 blocks) while small blobs use small parts.
+PARTS_PER_SIZE_STEP = 1000
+
+
+class Upload(Protocol):
+    """Parts of one object, invisible until ``complete``."""
+
+    def put_part(self, number: int, data: bytes) -> None:
+        """Store part ``number`` (1-based); called from several threads at once."""
+        ...
+
+    def complete(self, parts: int, *, if_absent: bool) -> bool:
+        """Publish parts 1..parts in order; False if ``if_absent`` and the key existed."""
+        ...
+
+    def abort(self) -> None:
+        """Discard the parts; best effort, never raises for a missing upload."""
+        ...
+
+
+class ObjectStore(Protocol):
+    """The few operations the layout needs; errors are converted to TranscoderError."""
+
+    def head(self, key: str) -> int | None: ...
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+        """Bytes ``[offset, offset+length)`` clipped to the end; NotFound if absent."""
+        ...
+
+    def put(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if absent; False if it already existed."""
+        ...
+
+    def keys(self, prefix: str) -> Iterator[str]: ...
+
+    def upload(self, key: str) -> Upload: ...
+
+    def copy(self, src: str, dst: str, size: int) -> bool:
+        """Server-side copy, creating ``dst`` only if absent; False if it existed."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Tuning:
+    part_size: int = 8 << 20
+    concurrency: int = 4
+
+
+_SIZE = re.compile(r"(\d+)\s*(k|m|g|ki|mi|gi)?b?", re.IGNORECASE)
+_UNIT = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+
+
+def size_option(kind: str, name: str, text: str, low: int, high: int) -> int:
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise UsageError(f"type={kind}: option {name}={text!r} is not a size (such as 8MiB)")
+    value = int(m.group(1)) * _UNIT[(m.group(2) or "").lower()]
+    if not low <= value <= high:
+        raise UsageError(f"type={kind}: option {name}={text!r} must be between {low} and {high} bytes")
+    return value
+
+
+def int_option(kind: str, name: str, text: str, low: int, high: int) -> int:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise UsageError(f"type={kind}: option {name}={text!r} must be a whole number from {low} to {high}")
+    return int(text)
+
+
+def prefix_option(kind: str, text: str) -> str:
+    """A key prefix ending in "/" (or empty); no empty, "." or ".." segments."""
+    text = text.strip("/")
+    if not text:
+        return ""
+    parts = text.split("/")
+    if any(p in ("", ".", "..") or not p.isprintable() for p in parts):
+        raise UsageError(f"type={kind}: option prefix={text!r} has an empty, '.' or '..' segment")
+    return text + "/"
+
+
+def tuning_options(kind: str, opts: dict[str, str], min_part: int, max_part: int) -> Tuning:
+    part = size_option(kind, "part_size", opts["part_size"], min_part, max_part) if "part_size" in opts else Tuning.part_size
+    conc = int_option(kind, "upload_concurrency", opts["upload_concurrency"], 1, 64) if "upload_concurrency" in opts else 4
+    return Tuning(max(part, min_part), conc)
+
+
+def check_known(kind: str, opts: dict[str, str], known: set[str], required: tuple[str, ...]) -> None:
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise UsageError(f"type={kind}: unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    for name in required:
+        if not opts.get(name):
+            raise UsageError(f"type={kind} requires {name}=")
+
+
+def escape_name(name: str) -> str:
+    """An image name as one key segment: "/" and ":" escaped, "." too so no segment is "." or ".."."""
+    return quote(name, safe="").replace(".", "%2E")
+
+
+class ObjectReader(io.RawIOBase):
+    """A raw stream over a service's response body that notices truncation.
+
+    ``read(n)`` returns up to ``n`` bytes, b"" at the end; ``errors`` converts
+    the service library's exceptions. A body that ends before ``expected``
+    bytes raises, so a cut connection is never taken for the end of a blob.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], close: Callable[[], None], expected: int, what: str,
+                 errors: Callable[[BaseException], TranscoderError]) -> None:
+        super().__init__()
+        self._read, self._close, self._left, self._what, self._errors = read, close, expected, what, errors
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._left <= 0:
+            return 0
+        try:
+            data = self._read(min(len(buffer), self._left))
+        except TranscoderError:
+            raise
+        except Exception as exc:
+            raise self._errors(exc) from exc
+        if not data:
+            raise StoreError(f"{self._what}: response ended {self._left} bytes early")
+        n = len(data)
+        buffer[:n] = data
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._close()
+            finally:
+                super().close()
+
+
+def buffered(reader: ObjectReader) -> BinaryIO:
+    return io.BufferedReader(reader, READ_BUFFER)  # type: ignore[return-value]
+
+
+class ObjectWriter(WriterBase):
+    """Streams a blob into an object store in parts; see the module docstring."""
+
+    def __init__(self, sink: ObjectSink, hint: Digest | None) -> None:
+        super().__init__(f"{sink.location}: blob")
+        self._sink, self._store, self._hint = sink, sink.store, hint
+        self._buf = bytearray()
+        self._key = ""
+        self._upload: Upload | None = None
+        self._parts = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+        self._slots = threading.Semaphore(sink.tuning.concurrency)
+        self._staged = False  # an ingest object exists and must be removed
+        self._exists = False  # the hinted blob is already stored
+
+    def _part_size(self) -> int:
+        return self._sink.tuning.part_size << (self._parts // PARTS_PER_SIZE_STEP)
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.done:
+            raise StoreError(f"{self.name}: write after commit or abort")
+        self._account(data)
+        self._buf += data
+        try:
+            while len(self._buf) >= self._part_size():
+                self._send(self._part_size())
+        except BaseException:
+            self.abort()
+            raise
+
+    def _send(self, n: int) -> None:
+        if self._upload is None and self._hint is not None and not self._exists:
+            # Already stored: hash the rest for the commit check, upload nothing.
+            self._exists = self._store.head(self._sink.blob_key(self._hint)) is not None
+        if self._exists:
+            del self._buf[:n]
+            return
+        with memoryview(self._buf) as view:
+            part = bytes(view[:n])
+        del self._buf[:n]
+        if self._upload is None:
+            self._key = self._sink.blob_key(self._hint) if self._hint else self._sink.ingest_key()
+            self._pool = ThreadPoolExecutor(self._sink.tuning.concurrency, thread_name_prefix="upload")
+            self._upload = self._store.upload(self._key)
+        self._raise_failed()
+        self._slots.acquire()  # blocks while `concurrency` parts are in flight: bounded memory
+        self._parts += 1
+        assert self._pool is not None
+        future = self._pool.submit(self._upload.put_part, self._parts, part)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._pending.append(future)
+
+    def _raise_failed(self) -> None:
+        for future in [f for f in self._pending if f.done()]:
+            self._pending.remove(future)
+            if future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+
+    def commit(self, size: int, digest: Digest) -> None:
+        if self.done:
+            raise StoreError(f"{self.name}: commit after commit or abort")
+        try:
+            digest = as_digest(digest)
+            self._check(size, digest)
+            if self._hint is not None and digest != self._hint:
+                raise DigestMismatch(f"{self.name}: committed as {digest}, but opened for {self._hint}")
+            self._publish(size, digest)
+        except BaseException:
+            self.abort()
+            raise
+        self.done = True
+        self._shutdown()
+
+    def _publish(self, size: int, digest: Digest) -> None:
+        key = self._sink.blob_key(digest)
+        if self._exists:
+            self._sink.check_existing(key, size)
+            return
+        if self._upload is None:
+            if not self._store.put(key, bytes(self._buf)):
+                self._sink.check_existing(key, size)
+            return
+        if self._buf:
+            self._send(len(self._buf))
+        wait(self._pending)
+        self._raise_failed()
+        upload, self._upload = self._upload, None
+        if self._key == key:
+            if not upload.complete(self._parts, if_absent=True):
+                self._sink.check_existing(key, size)
+            return
+        self._staged = True
+        upload.complete(self._parts, if_absent=False)
+        # Skip the copy when another writer published the same bytes first.
+        if self._store.head(key) is not None or not self._store.copy(self._key, key, size):
+            self._sink.check_existing(key, size)
+        self._store.delete(self._key)
+        self._staged = False
+
+    def abort(self) -> None:
+        """Always leaves nothing visible; removing the ingest upload is best effort (gc clears the rest)."""
+        if self.done:
+            return
+        self.done = True
+        for future in self._pending:
+            future.cancel()
+        wait(self._pending)
+        try:
+            if self._upload is not None:
+                self._upload.abort()
+            if self._staged:
+                self._store.delete(self._key)
+        except TranscoderError as exc:
+            log.warning("%s: could not remove the upload %s: %s", self._sink.location, self._key, exc)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._buf = bytearray()
+        self._pending = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+class ObjectSink(BlobManifests):
+    """The sink contract over an :class:`ObjectStore`; subclasses only build the store."""
+
+    def __init__(self, store: ObjectStore, location: str, prefix: str, tuning: Tuning) -> None:
+        self.store = store
+        self._location = location
+        self.prefix = prefix
+        self.tuning = tuning
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._location!r})"
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- keys ------------------------------------------------------------------
+
+    def blob_key(self, digest: Digest) -> str:
+        return f"{self.prefix}blobs/sha256/{as_digest(digest).hex}"
+
+    def ingest_key(self) -> str:
+        return f"{self.prefix}ingest/{secrets.token_hex(16)}"
+
+    def variant_key(self, rec: VariantRecord) -> str:
+        return f"{self.prefix}variants/{rec.source.digest.hex}/{rec.params.key}/{rec.target.digest.hex}.json"
+
+    def image_key(self, rec: ImageRecord) -> str:
+        # Zero-padded so that key order is time order within a name.
+        return f"{self.prefix}images/{escape_name(rec.name)}/{rec.created:020.6f}-{secrets.token_hex(8)}.json"
+
+    # -- blobs -----------------------------------------------------------------
+
+    def stat_blob(self, digest: Digest) -> int | None:
+        return self.store.head(self.blob_key(digest))
+
+    def open_blob(self, digest: Digest, offset: int = 0, length: int | None = None) -> BinaryIO:
+        digest = as_digest(digest)
+        if offset < 0 or (length is not None and length < 0):
+            raise InputError(f"{self.location}: blob {digest}: bad range offset={offset} length={length}")
+        return self.store.get(self.blob_key(digest), offset, length)
+
+    def blob_writer(self, media_type: str, *, key_hint: str | None = None, size_hint: int | None = None) -> ObjectWriter:
+        hint = Digest.parse(key_hint) if key_hint and is_digest(key_hint) else None
+        return ObjectWriter(self, hint)
+
+    def check_existing(self, key: str, size: int) -> None:
+        """A create-only write found ``key``: fine if it holds ``size`` bytes (content addressing)."""
+        found = self.store.head(key)
+        if found != size:
+            state = "is missing" if found is None else f"holds {found} bytes"
+            raise StoreError(f"{self.location}: {key} already existed but now {state}, expected {size} bytes")
+
+    # -- records ---------------------------------------------------------------
+
+    def _read_small(self, key: str) -> bytes:
+        with self.store.get(key, 0, MAX_RECORD_BYTES + 1) as f:
+            data = f.read()
+        if len(data) > MAX_RECORD_BYTES:
+            raise ManifestError(f"{self.location}: record {key} is over {MAX_RECORD_BYTES} bytes")
+        return data
+
+    def put_variant(self, rec: VariantRecord) -> None:
+        self.store.put(self.variant_key(rec), rec.to_bytes())
+
+    def find_variants(self, source: Digest) -> list[VariantRecord]:
+        source = as_digest(source)
+        out = []
+        for key in sorted(self.store.keys(f"{self.prefix}variants/{source.hex}/")):
+            if key.endswith(".json") and (rec := self._record(key, VariantRecord.from_bytes)) is not None:
+                if rec.source.digest == source:
+                    out.append(rec)
+                else:
+                    log.warning("%s: ignoring %s: it records source %s", self.location, key, rec.source.digest)
+        return out
+
+    def _record(self, key: str, parse: Callable[[bytes, str], T]) -> T | None:
+        """A record, or None if it vanished meanwhile (a prefix being cleared)."""
+        try:
+            return parse(self._read_small(key), f"{self.location}: {key}")
+        except NotFound:
+            return None
+
+    def put_image(self, rec: ImageRecord) -> None:
+        self.store.put(self.image_key(rec), rec.to_bytes())
+
+    def images(self) -> dict[str, ImageRecord]:
+        """Merged image records; per name only the newest keys are read (their names sort by time)."""
+        stamped: dict[str, list[tuple[str, str]]] = {}
+        base = f"{self.prefix}images/"
+        for key in self.store.keys(base):
+            folder, _, leaf = key[len(base):].rpartition("/")
+            if folder and "/" not in folder and leaf.endswith(".json"):
+                stamped.setdefault(folder, []).append((leaf.split("-", 1)[0], key))
+        keys = [k for entries in stamped.values() for stamp, k in entries if stamp == max(entries)[0]]
+        return merge_images([r for k in keys if (r := self._record(k, ImageRecord.from_bytes)) is not None])
