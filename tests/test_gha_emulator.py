@@ -8,18 +8,21 @@ plane and the v1 REST surface are in test_gha_emulator_wire.py.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests import peers
 from transcoder.errors import UsageError
 from transcoder.gha.emulator import COMMITTED, RESERVED, Emulator, ManualClock, mint, parse_fault
 
@@ -386,18 +389,28 @@ def test_parse_fault_cli_forms() -> None:
 # -- command line ----------------------------------------------------------------------
 
 
-def test_cli_prints_env_and_serves_until_terminated(tmp_path: Path) -> None:
+@contextmanager
+def cli_emulator(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[tuple[dict[str, str], list[str]]]:
+    """Run `transcoder emulator serve`; yields (exports, [stdout, stderr] filled after SIGTERM)."""
     env_file = tmp_path / "gha.env"
-    proc = subprocess.Popen([sys.executable, "-m", "transcoder", "emulator", "serve", "--env-file", str(env_file),
-                             "--scope", "refs/pull/3/merge=3", "--scope", "refs/heads/main=1",
-                             "--fault", "GetCacheEntryDownloadURL=503"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "transcoder", "emulator", "serve", "--env-file", str(env_file), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    output: list[str] = []
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not env_file.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
             time.sleep(0.05)
-        exports = dict(line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines())
+        yield dict(line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines()), output
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output.extend(proc.communicate(timeout=60))
+    assert proc.returncode == 0, output[1]
+
+
+def test_cli_prints_env_and_serves_until_terminated(tmp_path: Path) -> None:
+    with cli_emulator(tmp_path, "--scope", "refs/pull/3/merge=3", "--scope", "refs/heads/main=1",
+                      "--fault", "GetCacheEntryDownloadURL=503") as (exports, output):
         assert exports["ACTIONS_CACHE_SERVICE_V2"] == "1" and exports["ACTIONS_CACHE_URL"].endswith("/")
         assert exports["ACTIONS_RESULTS_URL"] == exports["ACTIONS_CACHE_URL"]
         api = httpx.Client(base_url=exports["ACTIONS_RESULTS_URL"], verify=False,
@@ -408,12 +421,22 @@ def test_cli_prints_env_and_serves_until_terminated(tmp_path: Path) -> None:
         state = BLOB.get(exports["ACTIONS_RESULTS_URL"] + "_emulator/state").json()
         assert state["counts"] == {"GetCacheEntryDownloadURL": 1, "CreateCacheEntry": 1}
         assert [(e["key"], e["state"], e["scope"]) for e in state["entries"]] == [("k", "reserved", "refs/pull/3/merge")]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+    out, err = output
     assert out.splitlines()[0].startswith("export ACTIONS_CACHE_URL=")
     assert "sig=" not in out + err and exports["ACTIONS_RUNTIME_TOKEN"] not in err
+
+
+@pytest.mark.peers
+def test_cli_azurite_plane_from_the_environment(tmp_path: Path, azurite: peers.Azurite) -> None:
+    env = {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    with cli_emulator(tmp_path, "--azurite", "--v1", env=env) as (exports, output):
+        assert "ACTIONS_CACHE_SERVICE_V2" not in exports and "ACTIONS_RESULTS_URL" not in exports
+        api = httpx.Client(base_url=exports["ACTIONS_CACHE_URL"], verify=False,
+                           headers={"Authorization": "Bearer " + exports["ACTIONS_RUNTIME_TOKEN"]})
+        created = call(api, "CreateCacheEntry", {"key": "k", "version": "v"})  # Twirp is served whatever was printed
+        assert created.json()["signed_upload_url"].startswith(azurite.blob_endpoint + "/actions-cache-")
+        assert api.post("_apis/artifactcache/caches", json={"key": "k1", "version": "v"}).status_code == 201
+    assert azurite.key not in output[0] + output[1]
 
 
 def test_concurrent_creates_of_one_key_have_one_winner(emu: Emulator) -> None:

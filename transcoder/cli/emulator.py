@@ -28,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     plane = serve.add_mutually_exclusive_group()
-    plane.add_argument("--azurite", metavar="CONNECTION_STRING",
-                       help="store bytes in this Azure Blob endpoint (Azurite) and hand out its SAS URLs")
+    plane.add_argument("--azurite", metavar="CONNECTION_STRING", nargs="?", const="",
+                       help="store bytes in this Azure Blob endpoint (Azurite) and hand out its SAS URLs; "
+                       "without a value, read $AZURE_STORAGE_CONNECTION_STRING (keeps the key out of `ps`)")
     plane.add_argument("--blob-plane", choices=["builtin"], default="builtin",
                        help="serve the Azure block-blob data plane from this process (default)")
     serve.add_argument("--visibility-delay", type=float, default=0.0, metavar="S",
@@ -37,12 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve.add_argument("--size-cap", metavar="BYTES", help="per-repository size cap with LRU eviction, e.g. 10GiB")
     serve.add_argument("--uploads-per-minute", type=int, metavar="N", help="per-repository budget; excess gets 429")
     serve.add_argument("--url-ttl", type=float, metavar="S", help="lifetime of signed blob URLs (default 3600 up, 600 down)")
-    serve.add_argument("--reservation-ttl", type=float, default=86400.0, metavar="S")
+    serve.add_argument("--reservation-ttl", type=float, default=86400.0, metavar="S",
+                       help="an unfinalized reservation blocks its key this long (default 86400)")
     serve.add_argument("--fault", action="append", default=[], metavar="OP=KIND[,count=N][,retry_after=S][,delay=S]",
                        help="inject a fault, e.g. CreateCacheEntry=503,count=2 or CreateCacheEntry=drop_after")
     serve.add_argument("--scope", action="append", default=[], metavar="REF[=PERM]",
                        help="scope of the printed token, in lookup order (default refs/heads/main=3)")
-    serve.add_argument("--token-ttl", type=float, default=6 * 3600.0, metavar="S")
+    serve.add_argument("--token-ttl", type=float, default=6 * 3600.0, metavar="S",
+                       help="lifetime of the printed ACTIONS_RUNTIME_TOKEN (default 6 h)")
     serve.add_argument("--v1", action="store_true", help="print the v1 (GHES) environment: no ACTIONS_CACHE_SERVICE_V2")
     serve.add_argument("--env-file", type=Path, metavar="FILE", help="also write the export lines to FILE once listening")
     serve.add_argument("-v", "--verbose", action="store_true", help="log each request (paths only) to stderr")
@@ -78,8 +81,13 @@ def run_serve(args: argparse.Namespace) -> int:
         import logging
 
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(message)s", stream=sys.stderr)
+    azurite = args.azurite
+    if azurite == "":
+        azurite = os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or None
+        if azurite is None:
+            raise UsageError("--azurite without a value needs $AZURE_STORAGE_CONNECTION_STRING")
     try:
-        emulator = Emulator(args.host, args.port, azurite=args.azurite, **_config(args))  # type: ignore[arg-type]
+        emulator = Emulator(args.host, args.port, azurite=azurite, **_config(args))  # type: ignore[arg-type]
     except OSError as exc:
         raise UsageError(f"--host/--port {args.host}:{args.port}: cannot listen ({exc.strerror})") from exc
     for fault in faults:
