@@ -18,6 +18,7 @@ from typing import Any
 
 import zstandard
 
+from .. import accel
 from ..errors import FormatError, UsageError
 from .detect import ZSTD_MAGIC
 
@@ -75,7 +76,9 @@ class FrameWalker:
     """Tracks zstd frame structure from block headers, to tell a complete
     stream from a truncated one (libzstd's streaming reader does not).
 
-    Cost is one small parse per 128 KiB block; bytes are not copied.
+    Cost is one small parse per block; bytes are not copied. This is the
+    pure-Python twin of ``transcoder._native.FrameWalker``; the pipeline gets
+    whichever ``accel.frame_walker`` picks.
     """
 
     def __init__(self, name: str) -> None:
@@ -159,7 +162,7 @@ class FrameWalker:
 class _WalkedReader:
     """File-like view of a read function that feeds a FrameWalker."""
 
-    def __init__(self, read: Callable[[int], bytes], walker: FrameWalker) -> None:
+    def __init__(self, read: Callable[[int], bytes], walker: accel.FrameWalker) -> None:
         self._read = read
         self._walker = walker
 
@@ -171,7 +174,7 @@ class _WalkedReader:
 
 def iter_zstd(read: Callable[[int], bytes], name: str) -> Iterator[bytes]:
     """Decode concatenated zstd frames; output is bounded per chunk."""
-    walker = FrameWalker(name)
+    walker = accel.frame_walker(name)
     reader = zstandard.ZstdDecompressor().stream_reader(
         _WalkedReader(read, walker),  # type: ignore[arg-type]
         read_size=READ_SIZE,
