@@ -16,6 +16,7 @@ share without waiting for the server to push back.
 from __future__ import annotations
 
 import email.utils
+import random
 import threading
 import time
 from collections import deque
@@ -67,7 +68,11 @@ class RetryPolicy:
 
     def call(self, fn: Callable[[], T], what: str) -> T:
         deadline = time.monotonic() + self.timeout
-        backoff = tenacity.wait_exponential_jitter(initial=self.initial, max=self.max_wait, jitter=self.initial)
+
+        def backoff(state: tenacity.RetryCallState) -> float:
+            # Capped exponential with full jitter on top, so parallel jobs spread out.
+            attempt = int(state.attempt_number)
+            return min(self.max_wait, self.initial * 2.0 ** min(attempt - 1, 30)) + random.uniform(0, self.initial)
 
         def remaining() -> float:
             return deadline - time.monotonic()
@@ -112,13 +117,6 @@ def transport_error(exc: httpx.TransportError, what: str) -> SinkError:
     name = type(exc).__name__
     detail = str(exc) or name
     return TransientError(f"{what}: {name}: {detail}" if detail != name else f"{what}: {name}")
-
-
-def is_ambiguous(exc: BaseException) -> bool:
-    """Could the server have acted on a request that failed this way?"""
-    if isinstance(exc, TransientError):
-        return getattr(exc, "ambiguous", True)
-    return False
 
 
 class UploadRateLimiter:
