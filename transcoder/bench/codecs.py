@@ -35,14 +35,10 @@ class _Compressobj(Protocol):
 class _Decompressobj(Protocol):
     @property
     def eof(self) -> bool: ...
-
-    @property
-    def unconsumed_tail(self) -> bytes: ...
-
     @property
     def unused_data(self) -> bytes: ...
 
-    def decompress(self, data: bytes | memoryview, max_length: int = ..., /) -> bytes: ...
+    def decompress(self, data: bytes | memoryview, /) -> bytes: ...
 
 
 def _feed(cobj: _Compressobj, data: bytes) -> bytes:
@@ -69,20 +65,24 @@ class Codec:
 
 
 def _inflate(blob: bytes, new: Callable[[], _Decompressobj]) -> Iterator[bytes]:
-    """Decode every gzip member in ``blob`` (pigz and ``cat`` make several)."""
-    data: bytes | memoryview = memoryview(blob)
-    while data:
-        d = new()
-        out = d.decompress(data, OUT_PIECE)
-        while True:
+    """Decode every gzip member in ``blob`` (pigz and ``cat`` make several).
+
+    Input goes in 1 MiB pieces, as it arrives from a network stream; bounding
+    the output instead would copy the whole remaining input on every call.
+    """
+    view = memoryview(blob)
+    d, fed = new(), False
+    for pos in range(0, len(view), IN_PIECE):
+        data: bytes | memoryview = view[pos : pos + IN_PIECE]
+        while data:
+            out, fed = d.decompress(data), True
             if out:
                 yield out
-            if d.eof or not d.unconsumed_tail:
+            if not d.eof:
                 break
-            out = d.decompress(d.unconsumed_tail, OUT_PIECE)
-        if not d.eof:
-            raise zlib.error("truncated gzip stream")
-        data = d.unused_data
+            data, d, fed = d.unused_data, new(), False
+    if fed and not d.eof:
+        raise zlib.error("truncated gzip stream")
 
 
 def _zstd_decode(blob: bytes) -> Iterator[bytes]:

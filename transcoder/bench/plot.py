@@ -5,7 +5,6 @@ once) and decode speed (what every pull pays)."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +74,17 @@ def save_plot(doc: dict[str, Any], path: str) -> None:
                  f"zstd workers {doc['settings']['workers']}; median of {doc['settings']['repeat']}", fontsize=9)
     fig.tight_layout()
     suffix = Path(path).suffix.lower()
-    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=suffix, dir=Path(path).parent)
+    tmp = Path(path).with_name(f".bench-{os.getpid()}-{Path(path).name}")
     try:
-        with os.fdopen(fd, "wb") as f:
+        # os.open with 0o666 so the file gets the user's umask, as any other output would.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             fig.savefig(f, format=suffix[1:], dpi=90, metadata={"Software": None} if suffix == ".png" else None)
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise StoreError(f"--plot {path}: {exc.strerror or exc}") from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     finally:
         plt.close(fig)
