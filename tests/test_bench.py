@@ -210,6 +210,7 @@ def test_json_names_the_machine_and_libraries(layer: Path, capsys: pytest.Captur
                      capsys=capsys)
     m = doc["machine"]
     assert m["cores"] >= 1 and m["usable_cores"] >= 1 and m["cpu"]
+    assert len(m["load_average_1min"]) == 2
     assert m["libraries"]["libzstd"] == ".".join(map(str, zstandard.ZSTD_VERSION))
     assert m["libraries"]["isa-l"] == isal.ISAL_VERSION and m["libraries"]["zlib"] == zlib.ZLIB_RUNTIME_VERSION
     assert doc["settings"]["repeat"] == 1

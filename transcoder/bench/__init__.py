@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .codecs import CODECS, Codec, parse_codecs, parse_levels
 from .layers import Layer, load_layers
-from .machine import machine_info
+from .machine import load_average, machine_info
 from .measure import Case, Row, Tick, measure, published_cases
 from .model import break_even, parse_bandwidth, pull_seconds
 from .result import BenchResult
@@ -48,5 +48,8 @@ def run_bench(
     model: str = "serial",
     tick: Tick | None = None,
 ) -> BenchResult:
+    # Other work on the machine slows every codec; the load average says how much there was.
+    load_before = load_average()
     rows = measure(layers, cases_for(layers, codecs, levels), repeat=repeat, workers=workers, tick=tick)
-    return BenchResult(machine_info(), layers, rows, repeat, workers, list(bandwidths or []), model)
+    info = machine_info() | {"load_average_1min": [load_before, load_average()]}
+    return BenchResult(info, layers, rows, repeat, workers, list(bandwidths or []), model)

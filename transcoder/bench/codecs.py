@@ -2,8 +2,8 @@
 ``--levels`` grammar that selects them.
 
 Each codec is fed an in-memory tar in 1 MiB pieces, as the transcode pipeline
-feeds it (so a zstd size here is the size ``convert`` produces), and decodes in
-1 MiB output pieces that are discarded, as a puller streaming into an unpacker
+feeds it (so a zstd size here is the size ``convert`` produces), and decodes
+piece by piece, discarding the output, as a puller streaming into an unpacker
 would. Memory, not disk, holds every input, so the numbers are the codec's.
 gzip is made by two libraries: ISA-L (levels 0-3, what this project decodes
 with) and zlib (levels 1-9, what ``gzip -N`` and most clients use).
@@ -35,6 +35,7 @@ class _Compressobj(Protocol):
 class _Decompressobj(Protocol):
     @property
     def eof(self) -> bool: ...
+
     @property
     def unused_data(self) -> bytes: ...
 

@@ -40,6 +40,13 @@ def _package(name: str) -> str:
         return "unknown"
 
 
+def load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # pragma: no cover - not available
+        return None
+
+
 def machine_info() -> dict[str, Any]:
     return {
         "cpu": _cpu_model(),
@@ -62,8 +69,11 @@ def machine_info() -> dict[str, Any]:
 def describe(info: dict[str, Any]) -> list[str]:
     """Two lines for the top of a report."""
     libs = info["libraries"]
+    load = info.get("load_average_1min") or []
+    busy = f", load average {load[0]} before / {load[1]} after" if len(load) == 2 and None not in load else ""
     return [
-        f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), {info['os']}, Python {info['python']}",
+        f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), {info['os']}, "
+        f"Python {info['python']}{busy}",
         f"libraries: libzstd {libs['libzstd']} (zstandard {libs['zstandard']}), ISA-L {libs['isa-l']} "
         f"(isal {libs['isal']}), zlib {libs['zlib']}, numpy {libs['numpy']}",
     ]
