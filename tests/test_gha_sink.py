@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from tests import peers
 from tests.imagegen import make_tar, write_layout
 from transcoder.codecs import ZstdParams
 from transcoder.descriptor import OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST, Descriptor
@@ -30,6 +32,7 @@ from transcoder.sinks.base import put_bytes
 from transcoder.sinks.gha import GhaSink
 
 MiB = 1 << 20
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -228,6 +231,22 @@ def test_reads_right_after_writes_despite_visibility_delay() -> None:
         assert sink.images()["app:1"].root == desc
 
 
+@pytest.mark.peers
+@pytest.mark.parametrize("protocol", [2, 1])
+def test_blob_plane_on_real_azurite(azurite: peers.Azurite, protocol: int) -> None:
+    with Emulator(azurite=azurite.connection_string) as emu:
+        sink = make_sink(emu, protocol=protocol)
+        known, streamed = os.urandom(3 * MiB + 5), os.urandom(2 * MiB + 1)
+        desc = put_bytes(sink, known, OCI_LAYER_GZIP)
+        digest = stream(sink, streamed, f"{desc.digest}-zstd-3-azurite")
+        entry = emu.entry(keys.blob_key(desc.digest))
+        assert entry is not None and emu.plane.name != "builtin"
+        fresh = make_sink(emu, protocol=protocol)
+        assert read(fresh, desc.digest) == known and read(fresh, digest) == streamed
+        with fresh.open_blob(desc.digest, MiB - 3, MiB + 7) as f:
+            assert f.read() == known[MiB - 3 : 2 * MiB + 4]
+
+
 # --- records -----------------------------------------------------------------------------------------------------
 
 
@@ -338,3 +357,52 @@ def test_ignore_error_turns_failures_into_warnings(emu: Emulator, tmp_path: Path
     assert r.returncode == 0 and "warning" in r.stderr
     r = cli("convert", f"oci:{layout}:app", "--to", "type=gha,scope=ci", env=env)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and env["ACTIONS_RUNTIME_TOKEN"] not in r.stderr
+
+
+def parse_github_env(text: str) -> dict[str, str]:
+    """The runner's reading of $GITHUB_ENV: NAME=value lines and NAME<<DELIM heredocs."""
+    out: dict[str, str] = {}
+    lines = iter(text.splitlines())
+    for line in lines:
+        if "<<" in line:
+            name, delim = line.split("<<", 1)
+            value = []
+            for body in lines:
+                if body == delim:
+                    break
+                value.append(body)
+            out[name] = "\n".join(value)
+        elif "=" in line:
+            name, value = line.split("=", 1)
+            out[name] = value
+    return out
+
+
+def test_action_exposes_the_runtime_to_later_steps(emu: Emulator, tmp_path: Path) -> None:
+    node = peers.require_tool("node")
+    github_env = tmp_path / "github_env"
+    github_env.write_text("EARLIER=kept\n")
+    runner_env = {"PATH": os.environ["PATH"], "GITHUB_ENV": str(github_env), **emu.env()}
+    r = subprocess.run([node, str(REPO / "action" / "index.js")], env=runner_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert runner_env["ACTIONS_RUNTIME_TOKEN"] not in r.stdout + r.stderr
+    exported = parse_github_env(github_env.read_text())
+    assert exported == {"EARLIER": "kept", **emu.env(token=runner_env["ACTIONS_RUNTIME_TOKEN"])}
+    # A later `run:` step sees only what the action exported, and the sink works with it.
+    layout = write_layout(tmp_path / "src", {"app": [make_tar(5, size=50_000)]})
+    step_env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TRANSCODER_HOME": str(tmp_path / "th"), **exported}
+    r = subprocess.run([sys.executable, "-m", "transcoder", "convert", f"oci:{layout}:app", "--to", "type=gha,scope=ci"],
+                       env=step_env, capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "app" in make_sink(emu, scope="ci").images()
+    # Outside a job the action fails with one clear line.
+    r = subprocess.run([node, str(REPO / "action" / "index.js")], env={"PATH": os.environ["PATH"]},
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "GITHUB_ENV" in r.stdout
+
+
+def test_action_metadata_points_at_its_script() -> None:
+    text = (REPO / "action.yml").read_text()
+    runs = re.search(r"^runs:\n  using: (\S+)\n  main: (\S+)$", text, re.M)
+    assert runs is not None and runs.group(1) == "node20"
+    assert (REPO / runs.group(2)).is_file()

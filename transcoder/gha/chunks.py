@@ -17,11 +17,12 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-Send = Callable[[int, int, bytes], None]  # (index, offset, data)
+Chunk = bytes | bytearray  # a chunk handed to a sender is never touched again by the pipe
+Send = Callable[[int, int, Chunk], None]  # (index, offset, data)
 
 
 class ChunkPipe:
-    def __init__(self, send: Send, single: Callable[[bytes], None], *, chunk_size: int, in_flight: int, name: str) -> None:
+    def __init__(self, send: Send, single: Callable[[Chunk], None], *, chunk_size: int, in_flight: int, name: str) -> None:
         if chunk_size < 1 or in_flight < 1:
             raise ValueError("chunk_size and in_flight must be positive")
         self._send = send
@@ -30,7 +31,7 @@ class ChunkPipe:
         self._slots = threading.BoundedSemaphore(in_flight)
         self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix=f"upload-{name}")
         self._buf = bytearray()
-        self._held: bytes | None = None  # the first full chunk, until we know there is more
+        self._held: Chunk | None = None  # the first full chunk, until we know there is more
         self._futures: list[Future[None]] = []
         self._error: BaseException | None = None
         self.count = 0  # chunks handed out
@@ -51,12 +52,12 @@ class ChunkPipe:
         """Send what is left, wait for every chunk; returns the number of chunks (0 = sent single)."""
         try:
             if self.count == 0 and len(self._held or b"") + len(self._buf) <= self.chunk_size:
-                self._single(self._held or bytes(self._buf))
+                self._single(self._held or self._buf)
                 return 0
             self._release_held()
             if self._buf:
-                self._submit(bytes(self._buf))
-                self._buf.clear()
+                last, self._buf = self._buf, bytearray()
+                self._submit(last)
             for fut in self._futures:
                 fut.result()
             return self.count
@@ -75,8 +76,7 @@ class ChunkPipe:
         self._held = None
 
     def _cut(self) -> None:
-        chunk = bytes(self._buf)
-        self._buf.clear()
+        chunk, self._buf = self._buf, bytearray()  # handed over, not copied
         if self._held is None and self.count == 0:
             self._held = chunk
             return
@@ -88,7 +88,7 @@ class ChunkPipe:
             held, self._held = self._held, b""
             self._submit(held)
 
-    def _submit(self, chunk: bytes) -> None:
+    def _submit(self, chunk: Chunk) -> None:
         index, offset = self.count, self.offset
         self.count += 1
         self.offset += len(chunk)
@@ -102,7 +102,7 @@ class ChunkPipe:
         self._futures.append(fut)
         self._futures = [f for f in self._futures if not f.done() or f.exception() is not None]
 
-    def _run(self, index: int, offset: int, chunk: bytes) -> None:
+    def _run(self, index: int, offset: int, chunk: Chunk) -> None:
         try:
             self._send(index, offset, chunk)
         except BaseException as exc:

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 
 from ..errors import AuthError, Conflict, SinkError, TransientError
-from .chunks import ChunkPipe
+from .blobplane import pieces
+from .chunks import Chunk, ChunkPipe
 from .client import CacheClient, CacheEntry, EntryUpload
 from .env import Secret, scrub
 from .retry import is_retryable_status, retry_after, transport_error
@@ -35,9 +36,12 @@ class RestClient(CacheClient):
     def _call(self, method: str, path: str, what: str, *, state: dict[str, bool] | None = None,
               **kwargs: Any) -> httpx.Response:
         headers = {"accept": ACCEPT, **self.auth, **kwargs.pop("headers", {})}
+        body: Chunk | None = kwargs.pop("body", None)
 
         def attempt() -> httpx.Response:
             self.count(f"{method} {path.split('/')[0].split('?')[0]}")
+            if body is not None:  # a fresh iterator for every attempt
+                kwargs["content"] = pieces(body)
             try:
                 resp = self.http.request(method, self.base + path, headers=headers, **kwargs)
             except httpx.TransportError as exc:
@@ -100,10 +104,11 @@ class RestClient(CacheClient):
             raise SinkError(f"reserve cache entry {key}: no cacheId in the answer") from exc
         return _RestUpload(self, key, version, cache_id)
 
-    def patch(self, cache_id: int, key: str, offset: int, data: bytes) -> None:
+    def patch(self, cache_id: int, key: str, offset: int, data: Chunk) -> None:
         end = offset + len(data) - 1
-        self._call("PATCH", f"caches/{cache_id}", f"upload {key} bytes {offset}-{end}", content=data,
-                   headers={"content-type": "application/octet-stream", "content-range": f"bytes {offset}-{end}/*"})
+        headers = {"content-type": "application/octet-stream", "content-range": f"bytes {offset}-{end}/*",
+                   "content-length": str(len(data))}
+        self._call("PATCH", f"caches/{cache_id}", f"upload {key} bytes {offset}-{end}", body=data, headers=headers)
 
     def commit(self, cache_id: int, key: str, version: str, size: int) -> None:
         state = {"ambiguous": False}
@@ -122,10 +127,10 @@ class _RestUpload:
         self._id = cache_id
         self._pipe = ChunkPipe(self._send, self._single, chunk_size=client.block_size, in_flight=client.in_flight, name=key)
 
-    def _send(self, index: int, offset: int, data: bytes) -> None:
+    def _send(self, index: int, offset: int, data: Chunk) -> None:
         self._client.patch(self._id, self.key, offset, data)
 
-    def _single(self, data: bytes) -> None:
+    def _single(self, data: Chunk) -> None:
         if data:
             self._client.patch(self._id, self.key, 0, data)
 
