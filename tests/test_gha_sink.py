@@ -313,6 +313,17 @@ def test_dead_chain_numbers_are_given_up_after_a_while(emu: Emulator) -> None:
     assert st.gaps == set() and 1 in st.covered and st.records == [{"n": 2}, {"n": 3}]
 
 
+def test_a_broken_chain_entry_is_skipped_not_fatal(emu: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    sink = make_sink(emu)
+    up = sink.client.reserve(f"{keys.images_chain('main')}#1", keys.VERSION)
+    up.write(b"{not json")
+    up.finish(9)
+    root = Descriptor(OCI_MANIFEST, Digest.of(b"m"), 1)
+    sink.put_image(ImageRecord("after", root))
+    assert list(make_sink(emu).images()) == ["after"]
+    assert "malformed JSON" in caplog.text
+
+
 # --- whole images through the command line --------------------------------------------------------------------------
 
 

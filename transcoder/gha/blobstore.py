@@ -215,9 +215,13 @@ class GhaBlobWriter(WriterBase):
         self.done = True
 
     def _fallback_unneeded(self, digest: Digest) -> bool:
-        """Writing beside a taken key: did the writer holding that key finish meanwhile?"""
+        """Writing beside a taken key, or under a random one: is the digest published already?
+
+        Dropping the upload then only costs its reservation, which expires on its own.
+        """
         assert self._upload is not None
-        return self._upload.key != self._primary and self._store.locate(digest) is not None
+        unnamed = self._upload.key != self._primary or self._hint is None
+        return unnamed and self._store.locate(digest) is not None
 
     def _publish(self, digest: Digest, size: int, key: str) -> None:
         if self.expect is None:

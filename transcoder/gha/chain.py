@@ -18,6 +18,7 @@ so every number below the newest was reserved by someone before it.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from ..descriptor import MAX_MANIFEST_BYTES
 from ..errors import Conflict, ManifestError, SinkError
 from .client import CacheClient, CacheEntry
 
+log = logging.getLogger("transcoder.gha")
 DEAD_AFTER = 900.0  # seconds; a record entry takes well under a second to upload
 MAX_ATTEMPTS = 30
 Merge = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
@@ -130,7 +132,12 @@ class RecordChain:
         m = self._number.fullmatch(entry.key)
         if m is None:
             return None  # not one of ours (a key that merely shares the prefix)
-        return int(m.group(1)), self._load(entry)
+        try:
+            return int(m.group(1)), self._load(entry)
+        except ManifestError as exc:
+            # Entries are immutable: a broken one would break the chain forever if it were fatal.
+            log.warning("skipping %s", exc)
+            return int(m.group(1)), {"records": [], "covers": set(), "created": time.time()}
 
     def _load(self, entry: CacheEntry) -> dict[str, Any]:
         what = f"cache entry {entry.key}"
