@@ -15,6 +15,7 @@ registry, and a bearer-token front for one.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import secrets
@@ -58,13 +59,24 @@ class FaultTransport(httpx.BaseTransport):
         return [m for m, p, _ in self.log if path_part in p]
 
 
+class ChunkStream(httpx.SyncByteStream):
+    """A response body served in 64 KiB pieces, as a network would (never pre-read)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(0, len(self.data), 1 << 16):
+            yield self.data[i : i + (1 << 16)]
+
+
 def replaced(response: httpx.Response, body: bytes, **headers: str) -> httpx.Response:
     """``response`` with another body (Content-Length fixed, Content-Encoding kept off)."""
     response.read()
     response.close()
     hdrs = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-encoding")}
-    hdrs.update(headers)
-    return httpx.Response(response.status_code, headers=hdrs, content=body)
+    hdrs.update(headers, **{"Content-Length": str(len(body))})
+    return httpx.Response(response.status_code, headers=hdrs, stream=ChunkStream(body))
 
 
 class BreakingStream(httpx.SyncByteStream):
@@ -141,10 +153,8 @@ class CutProxy:
         except OSError:
             pass
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
 

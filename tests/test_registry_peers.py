@@ -112,7 +112,7 @@ def test_skopeo_inspects_and_copies_what_we_push(registry: Any, skopeo: str, lay
     skopeo_run(skopeo, "copy", "--all", "--src-tls-verify=false", ref, f"oci:{tmp_path / 'copy'}:v1")
     blobs = tmp_path / "copy" / "blobs" / "sha256"
     zstd_manifest = doc((blobs / Digest.parse(entries[1]["digest"]).hex).read_bytes())
-    assert [l["mediaType"] for l in zstd_manifest["layers"]] == [OCI_LAYER_ZSTD] * 3
+    assert [d["mediaType"] for d in zstd_manifest["layers"]] == [OCI_LAYER_ZSTD] * 3
     for layer, tar in zip(zstd_manifest["layers"], TARS, strict=True):
         data = (blobs / Digest.parse(layer["digest"]).hex).read_bytes()
         assert zstandard.ZstdDecompressor().decompressobj().decompress(data) == tar
@@ -240,6 +240,30 @@ def test_manifests_by_digest_and_images_by_tag(sink: RegistrySink, registry: Any
     fresh.close()
 
 
+def _other_image(sink: RegistrySink, seed: int) -> tuple[bytes, Descriptor]:
+    config = put_bytes(sink, json.dumps({"seed": seed}).encode(), OCI_CONFIG)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.to_json(),
+                           "layers": []}).encode()
+    return manifest, sink.put_manifest(manifest, OCI_MANIFEST)
+
+
+def test_image_records_settle_the_tag_and_yield_to_other_tools(sink: RegistrySink, registry: Any) -> None:
+    (_, old), (_, new) = _other_image(sink, 1), _other_image(sink, 2)
+    sink.put_image(ImageRecord("app", new, created=2000.0))
+    sink.put_image(ImageRecord("app", old, created=1000.0))  # written last, but older
+    assert sink.client.head_manifest(sink.repository, "app") == new  # the tag follows the newest record
+    tags = sink.client.list_tags(sink.repository)
+    assert len([t for t in tags if ".image-" in t]) == 1  # the superseded record was pruned
+    sink.put_image(ImageRecord("team/app:v1 (nightly)", old, created=5.0))  # not a tag: a record only
+    assert "team/app:v1 (nightly)" not in sink.client.list_tags(sink.repository)
+    images = RegistrySink(registry.host, sink.repository).images()
+    assert {k: (v.root, v.created) for k, v in images.items()} == {
+        "app": (new, 2000.0), "team/app:v1 (nightly)": (old, 5.0)}
+    external, ext_desc = _other_image(sink, 3)
+    sink.client.put_manifest(sink.repository, "app", external, OCI_MANIFEST)  # as docker push would
+    assert RegistrySink(registry.host, sink.repository).images()["app"].root == ext_desc
+
+
 def test_a_manifest_with_a_missing_blob_is_not_pushed(sink: RegistrySink) -> None:
     ghost = Descriptor(OCI_LAYER_GZIP, Digest.of(b"never uploaded"), 14)
     cdesc = put_bytes(sink, b"{}", OCI_CONFIG)
@@ -324,7 +348,7 @@ def test_a_corrupt_record_is_skipped_and_replaced(sink: RegistrySink, registry: 
     rec = _variant(sink, source, 3, b"payload")
     sink.put_variant(rec)
     tag = next(t for t in sink.client.list_tags(sink.repository) if t.startswith(f"sha256-{source.digest.hex}"))
-    manifest, desc = _image(sink)  # an ordinary image manifest under the record's tag
+    manifest, _desc = _image(sink)  # an ordinary image manifest under the record's tag
     sink.client.put_manifest(sink.repository, tag, manifest, OCI_MANIFEST)
     other = RegistrySink(registry.host, sink.repository)
     assert other.find_variants(source.digest) == []

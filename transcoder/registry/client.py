@@ -18,8 +18,10 @@ every digest is a :class:`Digest`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -62,6 +64,13 @@ class FetchedManifest:
 
     def descriptor(self) -> Descriptor:
         return Descriptor(self.media_type, self.digest, len(self.data))
+
+
+@functools.cache
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    """One context per process: loading the CA bundle costs ~0.5 s, per client otherwise."""
+    context = httpx.create_ssl_context(verify=verify)
+    return context
 
 
 def _ref_segment(ref: str | Digest) -> str:
@@ -138,7 +147,7 @@ class RegistryClient:
         self.requests = 0  # every request sent, retries and auth round trips included
         self._auth = RegistryAuth(host, self.credentials, self._token_request)
         self._http = httpx.Client(
-            transport=transport, verify=not insecure, auth=self._auth, timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport, verify=_tls_context(not insecure), auth=self._auth, timeout=httpx.Timeout(timeout, connect=10.0),
             headers={"User-Agent": f"transcoder/{__version__}"}, event_hooks={"request": [self._count]},
         )
         self._base: str | None = None
@@ -290,6 +299,12 @@ class RegistryClient:
         if claimed and claimed != str(digest):
             raise DigestMismatch(f"{self.where(repo)}: push {what}: registry stored {claimed[:80]}, expected {digest}")
         return digest
+
+    def delete_manifest(self, repo: str, digest: Digest) -> None:
+        """Delete a manifest (and every tag on it); a missing one is no error."""
+        with contextlib.suppress(NotFound):
+            self.request("DELETE", f"/v2/{repo}/manifests/{digest}", what=f"delete manifest {digest}", repo=repo,
+                         ok=(200, 202, 204))
 
     def list_tags(self, repo: str) -> list[str]:
         """Every tag, following ``Link`` pagination; an unknown repository has none."""

@@ -54,7 +54,9 @@ class BlobReader(io.RawIOBase):
         if response.status_code == 416:
             self._chunks = iter(())
             return
-        self._chunks = response.iter_raw(READ_CHUNK)
+        # No chunk size: httpx would hold bytes back to fill one, and a reset
+        # would lose them; as they arrive, every byte received counts.
+        self._chunks = response.iter_raw()
         if response.status_code == 200 and first:
             self._skip(first)  # the server ignored Range: drop what precedes it
 

@@ -25,7 +25,7 @@ import threading
 import time
 
 from ..digest import Digest
-from ..errors import SinkError, TransientError
+from ..errors import AuthError, NotFound, SinkError, TransientError
 from ..writers import WriterBase
 from .client import RegistryClient, Retryable
 
@@ -98,15 +98,24 @@ class _Session:
                 return
             except TransientError as exc:
                 held = self._client.upload_status(self._repo, self._location, self._offset)
-                fits = held is not None and self._offset <= held <= self._offset + len(data)
-                if not fits or attempt == PATCH_ATTEMPTS - 1:
-                    raise TransientError(f"{self._name}: upload broke off at byte {self._offset} and the registry "
-                                         "cannot resume it; nothing was published") from exc
-                assert held is not None
-                data, self._offset = data[held - self._offset :], held
-                if not data:
-                    return
-                time.sleep(0.2 * (attempt + 1))
+                if held is None or not self._offset <= held <= self._offset + len(data) \
+                        or attempt == PATCH_ATTEMPTS - 1:
+                    raise self._lost() from exc
+            except AuthError:
+                raise
+            except (NotFound, SinkError) as exc:
+                if attempt == 0:
+                    raise
+                # The registry dropped the session after a broken PATCH it had half read.
+                raise self._lost() from exc
+            data, self._offset = data[held - self._offset :], held
+            if not data:
+                return
+            time.sleep(0.2 * (attempt + 1))
+
+    def _lost(self) -> TransientError:
+        return TransientError(f"{self._name}: upload broke off at byte {self._offset} and the registry cannot "
+                              "resume it; nothing was published")
 
     def _join(self) -> None:
         self._queue.put(None)

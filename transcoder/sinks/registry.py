@@ -2,10 +2,12 @@
 an OCI registry repository as a cache sink.
 
 Blobs are registry blobs (streamed in by PATCH as they are produced), and
-manifests go to the manifests endpoint by digest. An image record is a tag:
-``put_image`` tags the root, ``images`` lists tags. Variant records are tagged
-artifact manifests (:mod:`transcoder.registry.variants` describes the scheme
-and why concurrent writers lose nothing).
+manifests go to the manifests endpoint by digest. An image's name is its tag:
+``put_image`` tags the root (and keeps an immutable record, so the newest
+binding wins whatever the order of concurrent writes), ``images`` lists the
+tags. Variant records are tagged artifact manifests; how concurrent writers
+lose nothing is told in :mod:`transcoder.registry.variants` and
+:mod:`transcoder.registry.images`.
 
 A manifest is pushed only after every blob or manifest it points to is known
 to be in the repository (written, mounted or seen by this sink, else checked
@@ -16,32 +18,22 @@ whatever the registry itself checks.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from typing import BinaryIO
 
 import httpx
 
-from ..descriptor import INDEX_TYPES, MAX_MANIFEST_BYTES, OCI_MANIFEST, Descriptor
+from ..descriptor import INDEX_TYPES, MAX_MANIFEST_BYTES, Descriptor
 from ..digest import Digest
-from ..errors import InputError, ManifestError, NotFound, SinkError, UsageError
+from ..errors import ManifestError, SinkError, UsageError
 from ..records import ImageRecord, VariantRecord
 from ..registry.auth import Credentials
 from ..registry.client import RegistryClient
-from ..registry.reference import check_tag, parse_reference
-from ..registry.upload import RegistryBlobWriter, push_blob
-from ..registry.variants import (
-    VARIANT_TYPE,
-    check_record,
-    is_attachment_tag,
-    record_blob_of,
-    record_manifest,
-    tag_prefix,
-    variant_tag,
-)
+from ..registry.records import RepositoryRecords
+from ..registry.reference import parse_reference
+from ..registry.upload import RegistryBlobWriter
 from .base import as_digest
 
-log = logging.getLogger(__name__)
 OPTIONS = ("ref", "mode", "insecure", "username", "password")
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
 
@@ -67,8 +59,8 @@ class RegistrySink:
         self.host = self.client.host
         self._present: set[Digest] = set()  # blobs and manifests known to be in the repository
         self._pushed: dict[Digest, bytes] = {}  # manifests pushed by this sink, for put_image
-        self._tags: set[str] | None = None
         self._lock = threading.Lock()
+        self.records = RepositoryRecords(self.client, repository, self.get_manifest, self.location)
 
     @classmethod
     def from_options(cls, opts: dict[str, str], *, transport: httpx.BaseTransport | None = None) -> RegistrySink:
@@ -159,82 +151,20 @@ class RegistrySink:
                                 "repository lacks; not pushing it")
             self._present.add(d.digest)
 
-    # -- records -----------------------------------------------------------------
+    # -- records (transcoder.registry.records) ------------------------------------------
 
     def put_image(self, rec: ImageRecord) -> None:
-        """Tag the root: for a registry, an image's name is its tag."""
-        tag = check_tag(rec.name, f"{self.location}: image name")
-        if is_attachment_tag(tag):
-            raise UsageError(f"{self.location}: image name {tag!r} is reserved for attachments")
-        data = self.get_manifest(rec.root)
-        self.client.put_manifest(self.repository, tag, data, rec.root.media_type)
-        with self._lock:
-            if self._tags is not None:
-                self._tags.add(tag)
+        """An immutable image record, and the tag ``rec.name`` when it is a valid one."""
+        self.records.put_image(rec)
 
     def images(self) -> dict[str, ImageRecord]:
-        out: dict[str, ImageRecord] = {}
-        for tag in sorted(self._list_tags()):
-            if is_attachment_tag(tag):
-                continue
-            try:
-                got = self.client.get_manifest(self.repository, tag)
-            except NotFound:
-                continue  # untagged since the listing
-            out[tag] = ImageRecord(tag, got.descriptor(), 0.0)
-        return out
+        return self.records.images()
 
     def put_variant(self, rec: VariantRecord) -> None:
-        body = rec.to_bytes()
-        blob = Descriptor(VARIANT_TYPE, Digest.of(body), len(body))
-        push_blob(self.client, self.repository, body, blob.digest)
-        self._present.add(blob.digest)
-        manifest = record_manifest(rec, blob)
-        self._check_children(manifest, OCI_MANIFEST, Digest.of(manifest))
-        tag = variant_tag(rec.source.digest, rec.params.key)
-        self.client.put_manifest(self.repository, tag, manifest, OCI_MANIFEST)
-        with self._lock:
-            if self._tags is not None:
-                self._tags.add(tag)
+        self.records.put_variant(rec)
 
     def find_variants(self, source: Digest | str) -> list[VariantRecord]:
-        source = as_digest(source)
-        prefix = tag_prefix(source)
-        found = []
-        for tag in sorted(t for t in self._list_tags() if t.startswith(prefix)):
-            rec = self._read_record(tag, source, tag[len(prefix) :])
-            if rec is not None:
-                found.append(rec)
-        return found
-
-    def _read_record(self, tag: str, source: Digest, params_key: str) -> VariantRecord | None:
-        """A record, or None (logged) when it is gone or not a valid record: a
-        bad record must not block conversions, and the next put_variant of
-        the same source and parameters replaces it."""
-        where = f"{self.location}: variant record {tag}"
-        try:
-            manifest = self.client.get_manifest(self.repository, tag).data
-            config, target = record_blob_of(manifest, source, where)
-            with self.open_blob(config.digest) as f:
-                body = f.read(config.size + 1)
-            if Digest.of(body) != config.digest:
-                raise ManifestError(f"{where}: record blob does not match its digest")
-            rec = VariantRecord.from_bytes(body, where)
-            check_record(rec, source, target, params_key, where)
-        except NotFound:
-            return None
-        except InputError as exc:
-            log.warning("ignoring %s", exc)
-            return None
-        return rec
-
-    def _list_tags(self) -> set[str]:
-        """The repository's tags, listed once per sink (then kept up to date
-        with what this sink tags)."""
-        with self._lock:
-            if self._tags is None:
-                self._tags = set(self.client.list_tags(self.repository))
-            return set(self._tags)
+        return self.records.find_variants(as_digest(source))
 
 
 class _Writer(RegistryBlobWriter):

@@ -1,0 +1,173 @@
+"""Variant and image records kept in one registry repository, as tagged
+artifact manifests (schemes and guarantees: :mod:`.variants`, :mod:`.images`)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from ..descriptor import OCI_MANIFEST, Descriptor
+from ..digest import Digest
+from ..errors import InputError, ManifestError, NotFound, SinkError
+from ..records import ImageRecord, VariantRecord
+from . import images as img
+from . import variants as var
+from .client import RegistryClient
+from .reference import TAG
+from .upload import push_blob
+
+log = logging.getLogger(__name__)
+SETTLE_ROUNDS = 8
+
+ManifestBytes = Callable[[Descriptor], bytes]
+
+
+def is_plain_tag(name: str) -> bool:
+    """A name that can also be a registry tag users pull."""
+    return bool(TAG.fullmatch(name)) and not var.is_attachment_tag(name)
+
+
+class RepositoryRecords:
+    """Records in ``repo``; ``manifest_bytes`` reads a root manifest (verified)."""
+
+    def __init__(self, client: RegistryClient, repo: str, manifest_bytes: ManifestBytes, where: str) -> None:
+        self.client = client
+        self.repo = repo
+        self._manifest_bytes = manifest_bytes
+        self.where = where
+        self._tags: set[str] | None = None  # listed once for variant lookups, then kept up to date
+        self._lock = threading.Lock()
+
+    # -- tags --------------------------------------------------------------------
+
+    def tags(self, fresh: bool = False) -> set[str]:
+        if fresh:
+            listed = set(self.client.list_tags(self.repo))
+            with self._lock:
+                self._tags = listed | (self._tags or set())
+                return set(listed)
+        with self._lock:
+            if self._tags is None:
+                self._tags = set(self.client.list_tags(self.repo))
+            return set(self._tags)
+
+    def _tag(self, tag: str, data: bytes, media_type: str) -> None:
+        self.client.put_manifest(self.repo, tag, data, media_type)
+        with self._lock:
+            if self._tags is not None:
+                self._tags.add(tag)
+
+    def _push_record_blob(self, body: bytes, media_type: str) -> Descriptor:
+        blob = Descriptor(media_type, Digest.of(body), len(body))
+        push_blob(self.client, self.repo, body, blob.digest)
+        return blob
+
+    # -- variants -------------------------------------------------------------------
+
+    def put_variant(self, rec: VariantRecord) -> None:
+        """The variant blob must already be in the repository (the registry checks)."""
+        blob = self._push_record_blob(rec.to_bytes(), var.VARIANT_TYPE)
+        self._tag(var.variant_tag(rec.source.digest, rec.params.key), var.record_manifest(rec, blob), OCI_MANIFEST)
+
+    def find_variants(self, source: Digest) -> list[VariantRecord]:
+        prefix = var.tag_prefix(source)
+        found = []
+        for tag in sorted(t for t in self.tags() if t.startswith(prefix)):
+            rec = self._read_variant(tag, source, tag[len(prefix) :])
+            if rec is not None:
+                found.append(rec)
+        return found
+
+    def _read_variant(self, tag: str, source: Digest, params_key: str) -> VariantRecord | None:
+        """A record, or None (logged) when it is gone or invalid: a bad record
+        must not block conversions, and the next put_variant replaces it."""
+        where = f"{self.where}: variant record {tag}"
+        try:
+            manifest = self.client.get_manifest(self.repo, tag).data
+            config, target = var.record_blob_of(manifest, source, where)
+            with self.client.open_blob(self.repo, config.digest) as f:
+                body = f.read(config.size + 1)
+            if Digest.of(body) != config.digest:
+                raise ManifestError(f"{where}: record blob does not match its digest")
+            rec = VariantRecord.from_bytes(body, where)
+            var.check_record(rec, source, target, params_key, where)
+        except NotFound:
+            return None
+        except InputError as exc:
+            log.warning("ignoring %s", exc)
+            return None
+        return rec
+
+    # -- images ---------------------------------------------------------------------
+
+    def put_image(self, rec: ImageRecord) -> None:
+        self._manifest_bytes(rec.root)  # the root must be there, as described
+        blob = self._push_record_blob(rec.to_bytes(), img.IMAGE_TYPE)
+        self._tag(img.record_tag(rec), img.record_manifest(rec, blob), OCI_MANIFEST)
+        if is_plain_tag(rec.name):
+            self._settle_tag(rec.name)
+
+    def _settle_tag(self, name: str) -> None:
+        """Point tag ``name`` at the newest record's root; see :mod:`.images`."""
+        pushed: str | None = None
+        history: list[img.RecordTag] = []
+        for _ in range(SETTLE_ROUNDS):
+            history = img.newest_by_name(sorted(self.tags(fresh=True))).get(img.name_hash(name), [])
+            newest = self._read_newest(history)
+            if newest is None or newest[0].tag == pushed:
+                break
+            tag, rec = newest
+            self._tag(name, self._manifest_bytes(rec.root), rec.root.media_type)
+            pushed = tag.tag
+        self._prune(history[:-1])
+
+    def _read_newest(self, history: list[img.RecordTag]) -> tuple[img.RecordTag, ImageRecord] | None:
+        for tag in reversed(history):  # newest first; an older one if that was just pruned
+            where = f"{self.where}: image record {tag.tag}"
+            try:
+                return tag, img.parse_record(self.client.get_manifest(self.repo, tag.tag).data, tag, where)
+            except NotFound:
+                continue
+            except InputError as exc:
+                log.warning("ignoring %s", exc)
+        return None
+
+    def _prune(self, older: list[img.RecordTag]) -> None:
+        """Best effort: drop records a newer one supersedes (never the newest)."""
+        for tag in older:
+            try:
+                desc = self.client.head_manifest(self.repo, tag.tag)
+                if desc is not None:
+                    self.client.delete_manifest(self.repo, desc.digest)
+            except SinkError:
+                return  # deletion disabled, or no right to delete: keep them
+            with self._lock:
+                if self._tags is not None:
+                    self._tags.discard(tag.tag)
+
+    def images(self) -> dict[str, ImageRecord]:
+        tags = sorted(self.tags(fresh=True))
+        out: dict[str, ImageRecord] = {}
+        known: dict[str, set[str]] = {}  # name -> root digest prefixes of all its records
+        for history in img.newest_by_name(tags).values():
+            newest = self._read_newest(history)
+            if newest is not None:
+                out[newest[1].name] = newest[1]
+                known[newest[1].name] = {t.root_prefix for t in history}
+        for tag in tags:
+            if var.is_attachment_tag(tag):
+                continue
+            if tag in out:
+                desc = self.client.head_manifest(self.repo, tag)
+                if desc is None or desc.digest.hex[:16] in known[tag]:
+                    continue  # the tag is ours (maybe behind the newest record): records rule
+            try:
+                got = self.client.get_manifest(self.repo, tag)
+            except NotFound:
+                continue  # untagged since the listing
+            out[tag] = ImageRecord(tag, got.descriptor(), 0.0)  # pushed by another tool: it wins
+        return out
+
+
+__all__ = ["RepositoryRecords", "is_plain_tag"]
