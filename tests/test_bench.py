@@ -39,7 +39,7 @@ from transcoder.bench import (
 from transcoder.bench.codecs import CODECS
 from transcoder.bench.measure import measure
 from transcoder.bench.model import fastest
-from transcoder.bench.report import table, to_csv
+from transcoder.bench.report import busy_warning, table, to_csv
 from transcoder.cli import main
 from transcoder.codecs import ZstdParams
 from transcoder.errors import FormatError, UsageError
@@ -197,6 +197,13 @@ def test_summary_states_fastest_and_break_even(layer: Path, capsys: pytest.Captu
     assert comp["smaller_pct"] == pytest.approx((1 - r["size"] / rows["as published (isal)"]["size"]) * 100)
     assert doc["pull"]["break_even"]["gzip"] == "as published (isal)"
     assert set(doc["pull"]["break_even"]["zstd"]) == {"zstd-1", "zstd-3"}
+
+
+def test_busy_machine_is_flagged() -> None:
+    quiet = {"usable_cores": 2, "load_average_1min": [0.2, 2.1]}
+    assert busy_warning(quiet) is None
+    assert "busy" in (busy_warning({"usable_cores": 2, "load_average_1min": [1.5, 2.0]}) or "")
+    assert "busy" in (busy_warning({"usable_cores": 2, "load_average_1min": [0.1, 3.5]}) or "")
 
 
 # --- outputs ----------------------------------------------------------------------------------------

@@ -76,8 +76,20 @@ def _comparison_line(comp: dict[str, Any]) -> str:
     return line + (f" ({', '.join(extra)})" if extra else "") + "."
 
 
+def busy_warning(machine: dict[str, Any]) -> str | None:
+    """A warning when other work competed for the CPUs: wall times then include waiting."""
+    load = machine.get("load_average_1min") or []
+    if len(load) != 2 or None in load:
+        return None
+    # Before: anything else running. After: more than this run's own threads on top of its workers.
+    if load[0] < 1 and load[1] < machine["usable_cores"] + 1:
+        return None
+    return (f"warning: the machine was busy (load average {load[0]} before, {load[1]} after, on {machine['usable_cores']} "
+            "cores): wall times include waiting for a CPU; the CPU times are the steadier figures.")
+
+
 def summary_lines(doc: dict[str, Any]) -> list[str]:
-    lines: list[str] = []
+    lines: list[str] = [w] if (w := busy_warning(doc["machine"])) else []
     comp = doc.get("comparison")
     if comp:
         lines.append(_comparison_line(comp))
