@@ -157,6 +157,15 @@ def test_several_sources_add_up(tmp_path: Path) -> None:
     assert row.size == expect
 
 
+def test_level_lists_go_to_the_codecs_that_have_them() -> None:
+    codecs = parse_codecs("gzip,zstd")
+    assert parse_levels(["gzip=6", "zstd=2-4"], codecs) == {"isal": [], "zlib": [6], "zstd": [2, 3, 4]}
+    assert parse_levels(["3,19"], codecs) == {"isal": [3], "zlib": [3], "zstd": [3, 19]}
+    assert parse_levels(["all"], codecs)["isal"] == [0, 1, 2, 3]
+    assert parse_levels(["zstd=all", "zstd=5"], codecs)["zstd"] == [5]  # later specs win
+    assert parse_levels([], codecs)["zlib"] == [1, 6, 9]
+
+
 # --- pull-time model ---------------------------------------------------------------------------------
 
 
@@ -320,8 +329,10 @@ def test_registry_image(tmp_path: Path, registry: peers.Registry, skopeo: str, c
 
 @pytest.mark.parametrize("args,needle", [
     (["--codecs", "brotli"], "--codecs 'brotli': unknown codec"),
-    (["--levels", "zstd=20"], "zstd level 20 is out of range (1 to 19)"),
-    (["--levels", "gzip=7"], "isal level 7 is out of range (0 to 3)"),
+    (["--levels", "zstd=20"], "level 20 is out of range for zstd (zstd 1-19)"),
+    (["--levels", "isal=7"], "level 7 is out of range for isal (isal 0-3)"),
+    (["--levels", "gzip=12"], "level 12 is out of range for any of isal, zlib (isal 0-3, zlib 1-9)"),
+    (["--levels", "25"], "level 25 is out of range for any of isal, zlib, zstd"),
     (["--levels", "fast"], "'fast' is not a level"),
     (["--codecs", "zstd", "--levels", "zlib=6"], "codec 'zlib' is not among --codecs"),
     (["--bandwidth", "fast"], "--bandwidth 'fast'"),

@@ -34,7 +34,7 @@ __all__ = [
 
 def cases_for(layers: list[Layer], codecs: list[Codec], levels: dict[str, list[int]]) -> list[Case]:
     """The published blobs first (as a reference), then every codec at its levels."""
-    return [*published_cases(layers), *[Case(c, level) for c in codecs for level in levels[c.name]]]
+    return [*published_cases(layers), *[Case(c, level) for c in codecs for level in levels.get(c.name, [])]]
 
 
 def run_bench(

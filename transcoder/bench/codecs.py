@@ -130,9 +130,10 @@ def parse_codecs(text: str) -> list[Codec]:
     return [CODECS[n] for n in names]
 
 
-def _parse_list(text: str, codec: Codec, option: str) -> list[int]:
+def _parse_list(text: str, option: str) -> list[int] | None:
+    """'1,3,9' or '1-19' -> levels in order, once each; 'all' -> None."""
     if text.strip().lower() == "all":
-        return list(codec.levels)
+        return None
     levels: list[int] = []
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
@@ -140,34 +141,47 @@ def _parse_list(text: str, codec: Codec, option: str) -> list[int]:
             span = range(int(lo), int(hi) + 1) if sep else range(int(lo), int(lo) + 1)
         except ValueError:
             raise UsageError(f"{option}: {part.strip()!r} is not a level, a range A-B or 'all'") from None
-        for level in span:
-            if level not in codec.levels:
-                first, last = codec.levels[0], codec.levels[-1]
-                raise UsageError(f"{option}: {codec.name} level {level} is out of range ({first} to {last})")
-            if level not in levels:
-                levels.append(level)
+        levels += [level for level in span if level not in levels]
     if not levels:
         raise UsageError(f"{option}: no levels given")
     return levels
 
 
+def _ranges(codecs: list[Codec]) -> str:
+    return ", ".join(f"{c.name} {c.levels[0]}-{c.levels[-1]}" for c in codecs)
+
+
+def _assign(levels: list[int] | None, targets: list[Codec], strict: bool, option: str) -> dict[str, list[int]]:
+    """Each target codec takes the levels it has. Naming one codec, every level
+    must be its; naming several (gzip, or no codec), every level must be someone's."""
+    if levels is None:
+        return {c.name: list(c.levels) for c in targets}
+    for level in levels:
+        owners = [c for c in targets if level in c.levels]
+        if not owners or (strict and len(owners) < len(targets)):
+            what = targets[0].name if strict else "any of " + ", ".join(c.name for c in targets)
+            raise UsageError(f"{option}: level {level} is out of range for {what} ({_ranges(targets)})")
+    return {c.name: [level for level in levels if level in c.levels] for c in targets}
+
+
 def parse_levels(specs: list[str], codecs: list[Codec]) -> dict[str, list[int]]:
     """Each spec is ``LIST`` (every selected codec) or ``CODEC=LIST``; later specs win.
 
-    LIST is ``3``, ``1,3,9``, ``1-19`` or ``all``; ``gzip=`` sets isal and zlib.
+    LIST is ``3``, ``1,3,9``, ``1-19`` or ``all``. ``gzip=6`` and a bare ``6``
+    give each codec the levels it has (zlib 6; isal, with levels 0-3, none);
+    a codec left without levels is not measured.
     """
     chosen = {c.name: list(c.default_levels) for c in codecs}
     for spec in specs:
         target, sep, rest = spec.partition("=")
         option = f"--levels {spec!r}"
         if not sep:
-            for c in codecs:
-                chosen[c.name] = _parse_list(spec, c, option)
+            chosen.update(_assign(_parse_list(spec, option), codecs, False, option))
             continue
         name = target.strip().lower()
         names = ALIASES.get(name, (name,))
-        for n in names:
-            if n not in chosen:
-                raise UsageError(f"{option}: codec {target.strip()!r} is not among --codecs ({', '.join(chosen)})")
-            chosen[n] = _parse_list(rest, CODECS[n], option)
+        missing = [n for n in names if n not in chosen]
+        if missing:
+            raise UsageError(f"{option}: codec {target.strip()!r} is not among --codecs ({', '.join(chosen)})")
+        chosen.update(_assign(_parse_list(rest, option), [CODECS[n] for n in names], name not in ALIASES, option))
     return chosen

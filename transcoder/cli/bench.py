@@ -24,14 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "report ratio, compression and decode speed (median and spread, wall and CPU time), the blobs as "
         "published, and with --bandwidth the estimated pull time. SRC is a layer blob file, oci:DIR[:REF], "
         "docker-archive:FILE or docker://HOST/REPO:TAG.",
-        epilog="Levels: --levels 1,3,9 applies to every codec; --levels zstd=1-19 --levels gzip=6 per codec; "
-        "'all' is every level. Codecs: gzip (= isal + zlib), isal (gzip levels 0-3), zlib (gzip levels 1-9), "
+        epilog="Levels: --levels 1,3,9 applies to every codec (each takes the levels it has); "
+        "--levels zstd=1-19 --levels gzip=6 set one codec (gzip: isal and zlib); 'all' is every level. "
+        "Codecs: gzip (= isal + zlib), isal (gzip levels 0-3), zlib (gzip levels 1-9), "
         "zstd (levels 1-19).",
     )
     p.add_argument("src", metavar="SRC", nargs="+", help="layer blob file or image reference")
     p.add_argument("--codecs", default="gzip,zstd", help="comma-separated: gzip, isal, zlib, zstd (default %(default)s)")
     p.add_argument("--levels", action="append", default=[], metavar="[CODEC=]LIST",
-                   help="levels to measure, e.g. 1,3,9 or zstd=1-19 or gzip=all (repeatable)")
+                   help="levels to measure, e.g. 1,3,9 or zstd=1-19 or gzip=all (repeatable; default isal 1,2,3, "
+                   "zlib 1,6,9, zstd 1,3,6,9,12,15,19)")
     p.add_argument("--workers", type=int, default=None, help="zstd worker threads (default: number of cores)")
     p.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, metavar="K", help="timed runs per case (default %(default)s)")
     p.add_argument("--bandwidth", action="append", default=[], metavar="RATE",
