@@ -117,20 +117,35 @@ class BlockUpload:
 
 
 def blob_size(http: httpx.Client, policy: RetryPolicy, url: Secret, what: str) -> int:
-    """Get Blob Properties: the blob's length."""
+    """The blob's length, from a one-byte ranged GET.
+
+    Not HEAD: a URL signed for GET (an S3-style presigned URL behind GitHub
+    Enterprise Server's v1 service) may refuse any other method.
+    """
 
     def attempt() -> int:
         try:
-            resp = http.head(url.reveal(), headers={"x-ms-version": MS_VERSION})
+            with http.stream("GET", url.reveal(), headers={"x-ms-version": MS_VERSION, "range": "bytes=0-0"}) as resp:
+                if resp.status_code == 416:  # empty blob: "bytes */0"
+                    return _range_total(resp, what)
+                check_blob_response(resp, what, (200, 206))
+                if resp.status_code == 206:
+                    return _range_total(resp, what)
+                length = resp.headers.get("content-length", "")
+                if not length.isdigit():
+                    raise SinkError(f"{what}: no Content-Length in the answer")
+                return int(length)
         except httpx.TransportError as exc:
             raise transport_error(exc, what) from exc
-        check_blob_response(resp, what, (200,))
-        try:
-            return int(resp.headers["content-length"])
-        except (KeyError, ValueError) as exc:
-            raise SinkError(f"{what}: no Content-Length in the blob's properties") from exc
 
     return policy.call(attempt, what)
+
+
+def _range_total(resp: httpx.Response, what: str) -> int:
+    _, _, total = resp.headers.get("content-range", "").rpartition("/")
+    if not total.isdigit():
+        raise SinkError(f"{what}: no blob length in Content-Range")
+    return int(total)
 
 
 UrlSource = Callable[[bool], Secret]  # refresh? -> signed URL
