@@ -288,6 +288,14 @@ def test_server_rate_limit_and_client_limiter() -> None:
         assert emu.count("CreateCacheEntry") == 4 and limiter.waited > 0
 
 
+def test_persistent_5xx_gives_up_within_the_timeout(emu: Emulator) -> None:
+    emu.fail_next("GetCacheEntryDownloadURL", 503, count=None)
+    with client_for(emu, policy=RetryPolicy(1.0, initial=0.05, max_wait=0.2, max_attempts=1000)) as client, \
+            pytest.raises(TransientError, match="timeout reached"):  # the budget ends it, not the attempt count
+        client.lookup("down", VERSION)
+    assert emu.count("GetCacheEntryDownloadURL") > 2
+
+
 def test_ambiguous_create_then_conflict(emu: Emulator, protocol: int) -> None:
     op = "CreateCacheEntry" if protocol == 2 else "v1.ReserveCache"
     emu.drop_next(op, after=True)  # the server reserved it, the client never heard
