@@ -207,7 +207,7 @@ def _write(sink: RegistrySink, data: bytes) -> Digest:
     return digest
 
 
-def test_connection_cut_before_the_chunk_left_is_resumed(registry: Any) -> None:
+def test_connection_cut_before_the_body_got_through_is_resumed(registry: Any) -> None:
     proxy = CutProxy(registry.host, marker=b"PATCH ", after=40)  # cut inside the request line
     sink = RegistrySink(proxy.host, repo_name())
     data = os.urandom(3 * CHUNK)

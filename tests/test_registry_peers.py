@@ -19,7 +19,7 @@ from tests.registry_support import repo_name
 from transcoder.codecs import ZstdParams
 from transcoder.descriptor import ANNOTATION_ZSTD, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST, Descriptor
 from transcoder.digest import Digest
-from transcoder.errors import AuthError, DigestMismatch, NotFound, SinkError
+from transcoder.errors import AuthError, DigestMismatch, NotFound, SinkError, SizeMismatch
 from transcoder.images.convert import ConvertOptions, convert_image
 from transcoder.images.source import open_source
 from transcoder.records import ImageRecord, VariantRecord
@@ -178,8 +178,12 @@ def test_bad_commit_and_abort_leave_nothing(sink: RegistrySink) -> None:
     digest = Digest.of(data)
     w = sink.blob_writer("application/octet-stream")
     w.write(data)
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(DigestMismatch, match="do not match"):  # found by the registry, which hashed the stream
         w.commit(len(data), Digest.of(b"other"))
+    w3 = sink.blob_writer("application/octet-stream")
+    w3.write(data)
+    with pytest.raises(SizeMismatch):
+        w3.commit(len(data) + 1, digest)
     with sink.blob_writer("application/octet-stream") as w2:
         w2.write(data)  # leaves the block without a commit: aborted
     assert sink.stat_blob(digest) is None

@@ -143,8 +143,9 @@ class RegistryAuth(httpx.Auth):
     """An httpx auth flow that answers registry challenges and then sends
     credentials up front, so large request bodies are not sent twice.
 
-    Requests must have replayable (in-memory) bodies: after a 401 the request
-    is sent again with the answer to the challenge."""
+    After a 401 a request is sent again with the answer to the challenge,
+    unless its body was streamed (it cannot be read twice); uploads stream
+    only after an earlier request of the same scope has been answered."""
 
     def __init__(self, host: str, credentials: Credentials | None, fetch_token: TokenFetcher) -> None:
         self.host = host
@@ -164,8 +165,8 @@ class RegistryAuth(httpx.Auth):
         scopes = scope_for(request)
         self._apply(request, scopes)
         response = yield request
-        if response.status_code != 401:
-            return
+        if response.status_code != 401 or not isinstance(request.stream, httpx.ByteStream):
+            return  # a streamed body cannot be sent twice: the 401 stands
         challenge = parse_challenge(response.headers.get("www-authenticate"))
         if challenge is None or not self._answer(challenge, scopes):
             return

@@ -193,9 +193,12 @@ class RegistryClient:
 
     def request(
         self, method: str, path_or_url: str, *, what: str, repo: str | None, ok: Iterable[int] = (200,),
-        idempotent: bool = True, stream: bool = False, redirects: bool = False, **kwargs: Any,
+        idempotent: bool = True, stream: bool = False, redirects: bool = False, replayable: bool = True, **kwargs: Any,
     ) -> httpx.Response:
-        """Send with retries; return a response whose status is in ``ok``, else raise."""
+        """Send with retries; return a response whose status is in ``ok``, else raise.
+
+        ``replayable=False``: the body is a stream the first attempt may have
+        consumed, so only a request that never left is sent again."""
         expected = frozenset(ok)
         url = self.url(path_or_url)
 
@@ -210,7 +213,7 @@ class RegistryClient:
             if response.status_code in expected:
                 return response
             try:
-                self.raise_for(response, what, repo, idempotent)
+                self.raise_for(response, what, repo, idempotent, replayable)
             finally:
                 response.close()
             raise AssertionError("unreachable")
@@ -224,7 +227,9 @@ class RegistryClient:
         )
         return retryer(fn)
 
-    def raise_for(self, resp: httpx.Response, what: str, repo: str | None, idempotent: bool = True) -> None:
+    def raise_for(
+        self, resp: httpx.Response, what: str, repo: str | None, idempotent: bool = True, replayable: bool = True,
+    ) -> None:
         code = resp.status_code
         detail = _error_detail(resp)
         where = f"{self.where(repo)}: {what}"
@@ -238,7 +243,8 @@ class RegistryClient:
             raise NotFound(f"{where}: not found{detail}")
         if code == 429 or code >= 500:
             # A refusal (429, 503) means the request was not acted upon.
-            raise Retryable(f"{where}: HTTP {code}{detail}", _retry_after(resp), safe=idempotent or code in (429, 503))
+            refused = replayable and code in (429, 503)
+            raise Retryable(f"{where}: HTTP {code}{detail}", _retry_after(resp), safe=idempotent or refused)
         raise SinkError(f"{where}: HTTP {code}{detail}")
 
     # -- manifests and tags --------------------------------------------------
@@ -375,11 +381,12 @@ class RegistryClient:
                             content=b"")
         return self._location(resp, repo)
 
-    def patch_upload(self, repo: str, location: str, data: bytes, offset: int) -> str:
-        resp = self.request("PATCH", location, what=f"upload chunk at byte {offset}", repo=repo, ok=(202, 204),
-                            idempotent=False, content=data, headers={
-                                "Content-Type": "application/octet-stream",
-                                "Content-Range": f"{offset}-{offset + len(data) - 1}"})
+    def patch_upload(self, repo: str, location: str, body: Iterable[bytes], offset: int) -> str:
+        """Stream ``body`` into an upload session in one PATCH (chunked transfer
+        encoding, as docker and containerd push); returns the next Location."""
+        resp = self.request("PATCH", location, what=f"upload from byte {offset}", repo=repo, ok=(202, 204),
+                            idempotent=False, replayable=False, content=iter(body),
+                            headers={"Content-Type": "application/octet-stream"})
         return self._location(resp, repo)
 
     def upload_status(self, repo: str, location: str, offset_hint: int = 0) -> int | None:
@@ -398,9 +405,15 @@ class RegistryClient:
 
     def complete_upload(self, repo: str, location: str, digest: Digest, data: bytes = b"") -> None:
         sep = "&" if "?" in location else "?"
-        resp = self.request("PUT", f"{location}{sep}digest={quote(str(digest))}", what=f"commit blob {digest}",
-                            repo=repo, ok=(201, 204), idempotent=False, content=data,
+        what = f"commit blob {digest}"
+        resp = self.request("PUT", f"{location}{sep}digest={quote(str(digest))}", what=what,
+                            repo=repo, ok=(201, 204, 400), idempotent=False, content=data,
                             headers={"Content-Type": "application/octet-stream"})
+        if resp.status_code == 400:
+            detail = _error_detail(resp)
+            if "DIGEST_INVALID" in detail:  # the registry hashed what it received: not this digest
+                raise DigestMismatch(f"{self.where(repo)}: {what}: the uploaded bytes do not match{detail}")
+            raise SinkError(f"{self.where(repo)}: {what}: HTTP 400{detail}")
         claimed = resp.headers.get("docker-content-digest", "")
         if claimed and claimed != str(digest):
             raise DigestMismatch(f"{self.where(repo)}: blob {digest}: registry stored {claimed[:80]}")

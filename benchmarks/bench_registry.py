@@ -1,0 +1,253 @@
+"""Registry benchmark: a three-layer image converted registry to registry on
+loopback, against ``skopeo copy --dest-compress-format zstd`` of the same
+image, and the requests of a second, unchanged run.
+
+Setup: the corpus image (benchmarks/corpus.py: ``bin``, ``py``, ``small``,
+gzip -6) is pushed with skopeo into a docker-registry (distribution) started
+here on a free loopback port with its storage in a temporary directory.
+
+Per repetition, in an order that rotates between repetitions, each a child
+process timed for wall and CPU (the registry's own CPU is shown apart):
+
+1. ``ours replace``: ``transcoder convert docker://SRC --to
+   type=registry,ref=DST,mode=replace``: zstd layers only, the same output
+   set as skopeo's;
+2. ``ours add``: the default mode: the gzip layers are copied too and an index
+   offers both;
+3. ``skopeo``: ``skopeo copy --dest-compress-format zstd docker://SRC
+   docker://DST`` with its blob-info cache removed first (or it pushes the
+   gzip blobs it knows instead of zstd; every manifest it writes is checked).
+
+Every destination is a new repository and every ``convert`` a new variant
+table, so nothing is reused between runs. Then two unchanged reruns of ``ours
+add`` into the first repository: from another machine (new variant table,
+the variants are found in the registry's records) and from the same one; the
+registry's access log counts their requests, and none may upload a blob.
+
+Run from the repository: ``python benchmarks/bench_registry.py [--reps 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.corpus import DEFAULT_WORKDIR, build_image, layer_info
+
+BLOB_INFO_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
+ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+TARGET = 2.0  # skopeo wall / ours
+_ACCESS = re.compile(r'"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/[0-9.]+" (\d+) \d+ "[^"]*" "([^"]*)"')
+
+
+@dataclass
+class Run:
+    name: str
+    wall: float
+    cpu: float
+    registry_cpu: float
+    report: Any = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Registry:
+    """A distribution registry of our own, stopped by its PID."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.log = workdir / "registry.log"
+        config = workdir / "config.yml"
+        config.write_text(f"version: 0.1\nlog: {{level: info}}\nstorage:\n  filesystem: {{rootdirectory: {workdir / 'data'}}}\n"
+                          f"http: {{addr: '{self.host}'}}\n")
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit(f"registry did not start; see {self.log}")
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size
+
+    def requests_since(self, offset: int) -> tuple[Counter[str], list[str]]:
+        """Requests in the access log after ``offset`` by method and endpoint, and
+        the digests of the blobs uploaded."""
+        with self.log.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        counts: Counter[str] = Counter()
+        uploaded = []
+        for method, path, _status, _agent in _ACCESS.findall(text):
+            kind = "upload" if "/blobs/uploads/" in path else path.split("/")[-2] if path.count("/") > 2 else "base"
+            counts[f"{method} {kind}"] += 1
+            if method == "PUT" and kind == "upload":
+                uploaded += re.findall(r"digest=sha256(?::|%3A)([0-9a-f]{64})", path)
+        return counts, uploaded
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def timed(name: str, argv: list[str], registry: Registry, env: dict[str, str] | None = None) -> Run:
+    before, reg_before = resource.getrusage(resource.RUSAGE_CHILDREN), registry.cpu()
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=3600)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Run(name, wall, cpu, registry.cpu() - reg_before, proc.stdout)
+
+
+def ours(registry: Registry, src: str, dest: str, mode: str, home: Path) -> Run:
+    env = dict(os.environ, TRANSCODER_HOME=str(home))
+    spec = f"type=registry,ref={registry.host}/{dest}:v1,mode={mode}"
+    run = timed(f"ours {mode}", ["transcoder", "convert", f"docker://{registry.host}/{src}", "--to", spec, "--json"],
+                registry, env)
+    run.report = json.loads(run.report)
+    return run
+
+
+def skopeo(registry: Registry, src: str, dest: str) -> Run:
+    BLOB_INFO_CACHE.unlink(missing_ok=True)
+    run = timed("skopeo", ["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
+                           "--dest-compress-format", "zstd", f"docker://{registry.host}/{src}",
+                           f"docker://{registry.host}/{dest}:v1"], registry)
+    manifest = json.loads(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                                          f"docker://{registry.host}/{dest}:v1"], capture_output=True, check=True).stdout)
+    kinds = {layer["mediaType"] for layer in manifest["layers"]}
+    assert kinds == {ZSTD}, f"skopeo wrote {kinds}"
+    return run
+
+
+def check_ours(run: Run, tars: list[dict[str, Any]]) -> None:
+    report = run.report
+    assert [o["status"] for o in report["layers"]] == ["converted"] * len(tars), report["layers"]
+    assert [o["diff_id"] for o in report["layers"]] == [t["diff_id"] for t in tars]
+
+
+def rerun(registry: Registry, src: str, dest: str, home: Path, label: str) -> dict[str, Any]:
+    """An unchanged ``ours add``: every layer a hit, no image blob sent again (the
+    only upload allowed is the new image record, a few hundred bytes)."""
+    offset = registry.log_size()
+    run = ours(registry, src, dest, "add", home)
+    time.sleep(0.2)  # the access log line follows the response
+    counts, uploaded = registry.requests_since(offset)
+    statuses = [o["status"] for o in run.report["layers"]]
+    image_blobs = {o[k]["digest"].split(":")[1] for o in run.report["layers"] for k in ("source", "target")}
+    assert statuses == ["hit"] * len(statuses), statuses
+    assert not image_blobs & set(uploaded) and counts["PATCH upload"] == 0, (counts, uploaded)
+    return {"label": label, "wall": run.wall, "requests": sum(counts.values()), "by_kind": dict(counts),
+            "statuses": statuses, "uploads": len(uploaded)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="corpus cache (default %(default)s)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    for tool in ("docker-registry", "skopeo", "transcoder"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found on PATH")
+    names = ("bin", "py", "small")
+    tars = [layer_info(args.workdir, n) for n in names]
+    tar_bytes = sum(int(t["tar_size"]) for t in tars)
+    layout = build_image(args.workdir, names)
+    print(f"load average {os.getloadavg()[0]:.2f}; image: {len(tars)} layers, {tar_bytes / 1e6:.1f} MB of tar, "
+          f"{sum(int(t['size']) for t in tars) / 1e6:.1f} MB gzip", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench-registry-") as tmp:
+        work = Path(tmp)
+        registry = Registry(work)
+        try:
+            subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:latest",
+                            f"docker://{registry.host}/corpus/src:gzip"], check=True)
+            results = measure(registry, work, args.reps, tars)
+            results["unchanged"] = [
+                rerun(registry, "corpus/src:gzip", "bench/r0-ours-add", work / "home-other", "another machine"),
+                rerun(registry, "corpus/src:gzip", "bench/r0-ours-add", work / "home-r0-ours-add", "same machine"),
+            ]
+        finally:
+            registry.stop()
+    report(results, tar_bytes, args.json)
+
+
+def measure(registry: Registry, work: Path, reps: int, tars: list[dict[str, Any]]) -> dict[str, Any]:
+    runs: dict[str, list[Run]] = {"ours replace": [], "ours add": [], "skopeo": []}
+    order = list(runs)
+    for rep in range(reps):
+        for name in order[rep % 3:] + order[: rep % 3]:
+            print(f"rep {rep + 1}/{reps}: {name} ...", file=sys.stderr, flush=True)
+            slug = name.replace(" ", "-")
+            dest = f"bench/r{rep}-{slug}"
+            if name == "skopeo":
+                run = skopeo(registry, "corpus/src:gzip", dest)
+            else:
+                run = ours(registry, "corpus/src:gzip", dest, name.split()[1], work / f"home-r{rep}-{slug}")
+                check_ours(run, tars)
+            runs[name].append(run)
+    return {"runs": runs}
+
+
+def report(results: dict[str, Any], tar_bytes: int, out: Path | None) -> None:
+    runs: dict[str, list[Run]] = results["runs"]
+    med = {k: statistics.median(r.wall for r in v) for k, v in runs.items()}
+    print("\n| run | wall s (median) | MB/s of tar | CPU s | registry CPU s | skopeo wall / this |")
+    print("|---|---|---|---|---|---|")
+    for name, rs in runs.items():
+        cpu = statistics.median(r.cpu for r in rs)
+        reg = statistics.median(r.registry_cpu for r in rs)
+        walls = ", ".join(f"{r.wall:.2f}" for r in rs)
+        print(f"| {name} | {med[name]:.2f} ({walls}) | {tar_bytes / 1e6 / med[name]:.0f} | {cpu:.2f} | {reg:.2f} | "
+              f"**{med['skopeo'] / med[name]:.2f}x** |")
+    ratio = med["skopeo"] / med["ours replace"]
+    print(f"\nskopeo / ours (replace, same output set): {ratio:.2f}x (target >= {TARGET}x: "
+          f"{'met' if ratio >= TARGET else 'NOT met'}); ours add: {med['skopeo'] / med['ours add']:.2f}x")
+    print("\n| unchanged rerun (ours add) | wall s | layers | requests | by kind | blobs uploaded |")
+    print("|---|---|---|---|---|---|")
+    for u in results["unchanged"]:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(u["by_kind"].items()))
+        print(f"| {u['label']} | {u['wall']:.2f} | {', '.join(u['statuses'])} | {u['requests']} | {kinds} | "
+              f"{u['uploads']} (image record only; no layer) |")
+    if out:
+        data = {"runs": {k: [{"wall": r.wall, "cpu": r.cpu, "registry_cpu": r.registry_cpu} for r in v]
+                         for k, v in runs.items()},
+                "ratio_replace": ratio, "unchanged": results["unchanged"], "tar_bytes": tar_bytes}
+        out.write_text(json.dumps(data, indent=1))
+
+
+if __name__ == "__main__":
+    main()
