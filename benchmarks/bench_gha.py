@@ -14,8 +14,10 @@ Per repetition, in this order (the order alternates between repetitions):
 
 Then a whole-image ``convert_image`` into a fresh emulator, and a second one
 from a new sink (another job, nothing changed): its requests are counted by
-the emulator. Ratios use the median wall times of the same run; the emulator
-runs on the same cores, and its CPU time is shown. Run from the repository:
+the emulator. Ratios use the median (and the best) wall times of the same run;
+the emulator runs on the same cores, and its CPU time is shown; the CPU ratio
+(this process plus the emulator, over the transcode alone) is the figure that
+other load on a shared machine disturbs least. Run from the repository:
 ``python benchmarks/bench_gha.py [--reps 3]``.
 """
 
@@ -164,20 +166,24 @@ def report(info: dict[str, Any], runs: dict[str, list[dict[str, float]]], second
     base = med(runs["transcode"], "wall")
     print(f"layer bin: {info['tar_size']:,} B tar, {info['size']:,} B gzip; {len(runs['transcode'])} reps, medians")
     best = min(r["wall"] for r in runs["transcode"])
+    base_cpu = med(runs["transcode"], "cpu")
     print(f"{'mode':16} {'wall s':>7} {'min s':>7} {'CPU s':>7} {'MB/s tar':>9} {'ratio':>6} {'min ratio':>9} "
-          f"{'emulator CPU s':>15} {'Put Block':>9}")
+          f"{'emulator CPU s':>15} {'CPU ratio':>9} {'Put Block':>9}")
     summary: dict[str, Any] = {}
     for mode, rows in runs.items():
-        wall, low = med(rows, "wall"), min(r["wall"] for r in rows)
+        wall, low, cpu = med(rows, "wall"), min(r["wall"] for r in rows), med(rows, "cpu")
         ratio = wall / base
-        emu_cpu = f"{med(rows, 'emu_cpu'):15.2f}" if "emu_cpu" in rows[0] else f"{'-':>15}"
+        emu = med(rows, "emu_cpu") if "emu_cpu" in rows[0] else 0.0
+        emu_cpu = f"{emu:15.2f}" if "emu_cpu" in rows[0] else f"{'-':>15}"
         blocks = f"{int(med(rows, 'blocks')):9d}" if "blocks" in rows[0] else f"{'-':>9}"
-        print(f"{mode:16} {wall:7.2f} {low:7.2f} {med(rows, 'cpu'):7.2f} {tar_mb / wall:9.1f} {ratio:6.3f} "
-              f"{low / best:9.3f} {emu_cpu} {blocks}")
-        summary[mode] = {"wall": wall, "cpu": med(rows, "cpu"), "ratio": ratio, "min_ratio": low / best,
-                         "walls": [r["wall"] for r in rows]}
-    verdict = "meets" if summary["gha"]["ratio"] <= TARGET_RATIO else "MISSES"
-    print(f"end-to-end / transcode-only: {summary['gha']['ratio']:.3f} ({verdict} the target {TARGET_RATIO})")
+        print(f"{mode:16} {wall:7.2f} {low:7.2f} {cpu:7.2f} {tar_mb / wall:9.1f} {ratio:6.3f} "
+              f"{low / best:9.3f} {emu_cpu} {(cpu + emu) / base_cpu:9.3f} {blocks}")
+        summary[mode] = {"wall": wall, "cpu": cpu, "emu_cpu": emu, "ratio": ratio, "min_ratio": low / best,
+                         "cpu_ratio": (cpu + emu) / base_cpu, "walls": [r["wall"] for r in rows]}
+    gha = summary["gha"]
+    verdict = "meets" if gha["ratio"] <= TARGET_RATIO else "MISSES"
+    print(f"end-to-end / transcode-only: {gha['ratio']:.3f} median, {gha['min_ratio']:.3f} best-of "
+          f"({verdict} the target {TARGET_RATIO}); CPU incl. the emulator {gha['cpu_ratio']:.3f}")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     for run in ("first", "second"):
         r = second[run]
