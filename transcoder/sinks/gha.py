@@ -36,7 +36,7 @@ from ..gha.chain import RecordChain
 from ..gha.client import CacheClient, open_client
 from ..gha.env import config_from
 from ..records import ImageRecord, VariantRecord, merge_images
-from .base import BlobManifests
+from .base import BlobManifests, as_digest
 
 log = logging.getLogger("transcoder.gha")
 
@@ -77,11 +77,6 @@ def _variant(obj: dict[str, Any]) -> VariantRecord | None:
 
 def _variant_id(rec: VariantRecord) -> tuple[str, str, str]:
     return (str(rec.source.digest), str(rec.target.digest), rec.params.key)
-
-
-def _as_digest(value: Digest | str) -> Digest:
-    """A digest argument, validated before it reaches a key (InputError if malformed)."""
-    return value if isinstance(value, Digest) else Digest.parse(str(value))
 
 
 def _merge_variants(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -128,11 +123,11 @@ class GhaSink(BlobManifests):
         return GhaBlobWriter(self.blobs, media_type, key_hint, size_hint)
 
     def stat_blob(self, digest: Digest | str) -> int | None:
-        loc = self.blobs.locate(_as_digest(digest))
+        loc = self.blobs.locate(as_digest(digest))
         return None if loc is None else loc.size
 
     def open_blob(self, digest: Digest | str, offset: int = 0, length: int | None = None) -> BinaryIO:
-        return self.blobs.open(_as_digest(digest), offset, length)
+        return self.blobs.open(as_digest(digest), offset, length)
 
     # --- records -------------------------------------------------------------
 
@@ -149,7 +144,7 @@ class GhaSink(BlobManifests):
         self._own_variants.setdefault(rec.source.digest, []).append(rec)
 
     def find_variants(self, source: Digest | str) -> list[VariantRecord]:
-        source = _as_digest(source)
+        source = as_digest(source)
         found = self._variants(source).read().records
         own = [r.to_json() for r in self._own_variants.get(source, [])]
         records = filter(None, map(_variant, _merge_variants(found + own)))
