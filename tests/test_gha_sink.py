@@ -417,3 +417,36 @@ def test_action_metadata_points_at_its_script() -> None:
     runs = re.search(r"^runs:\n  using: (\S+)\n  main: (\S+)$", text, re.M)
     assert runs is not None and runs.group(1) == "node20"
     assert (REPO / runs.group(2)).is_file()
+
+
+@pytest.mark.peers
+def test_readme_workflow(emu: Emulator, registry: peers.Registry, skopeo: str, tmp_path: Path) -> None:
+    """The README's two jobs: convert from a registry into the cache, restore in another job, use it."""
+    node = peers.require_tool("node")
+    tars = [make_tar(i, size=200_000, files=6) for i in (81, 82)]
+    layout = write_layout(tmp_path / "src", {"base": tars})
+    ref = f"{registry.host}/readme/base:1"
+    r = subprocess.run([skopeo, "copy", "--dest-tls-verify=false", f"oci:{layout}:base", f"docker://{ref}"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+    def job(name: str, *steps: list[str]) -> None:
+        github_env = tmp_path / f"{name}.env"
+        runner = {"PATH": os.environ["PATH"], "GITHUB_ENV": str(github_env), **emu.env()}
+        assert subprocess.run([node, str(REPO / "action" / "index.js")], env=runner, capture_output=True).returncode == 0
+        step_env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TRANSCODER_HOME": str(tmp_path / name),
+                    **parse_github_env(github_env.read_text())}
+        for step in steps:
+            done = subprocess.run([sys.executable, "-m", "transcoder", *step], env=step_env, capture_output=True,
+                                  text=True, cwd=REPO, timeout=300)
+            assert done.returncode == 0, done.stderr
+
+    job("cache", ["convert", f"docker://{ref}", "--to", "type=gha,scope=base-images", "--tag", "base:1"])
+    job("build", ["restore", "type=gha,scope=base-images", "base:1", "-o", f"oci:{tmp_path / 'base'}"])
+    # skopeo reads the restored layout (what buildx gets as an oci-layout:// context), zstd layers and all.
+    r = subprocess.run([skopeo, "copy", f"oci:{tmp_path / 'base'}:base:1", f"oci:{tmp_path / 'check'}:base:1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    restored = [p.read_bytes() for p in (tmp_path / "base" / "blobs" / "sha256").iterdir()]
+    decoded = {zstandard.ZstdDecompressor().decompressobj().decompress(b) for b in restored if b[:4] == b"\x28\xb5\x2f\xfd"}
+    assert decoded == set(tars)
