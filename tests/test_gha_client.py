@@ -155,7 +155,7 @@ def test_chunk_pipe_bounds_what_is_in_flight() -> None:
     gate = threading.Event()
     started: list[int] = []
 
-    def send(index: int, offset: int, data: bytes) -> None:
+    def send(index: int, offset: int, data: bytes | bytearray) -> None:
         started.append(index)
         gate.wait(10)
 
@@ -178,7 +178,7 @@ def test_chunk_pipe_bounds_what_is_in_flight() -> None:
 
 
 def test_a_sender_error_reaches_the_writer() -> None:
-    def send(index: int, offset: int, data: bytes) -> None:
+    def send(index: int, offset: int, data: bytes | bytearray) -> None:
         raise SinkError("block refused")
 
     pipe = ChunkPipe(send, lambda data: None, chunk_size=4, in_flight=1, name="t")

@@ -377,12 +377,12 @@ def parse_github_env(text: str) -> dict[str, str]:
     for line in lines:
         if "<<" in line:
             name, delim = line.split("<<", 1)
-            value = []
-            for body in lines:
-                if body == delim:
+            body: list[str] = []
+            for text in lines:
+                if text == delim:
                     break
-                value.append(body)
-            out[name] = "\n".join(value)
+                body.append(text)
+            out[name] = "\n".join(body)
         elif "=" in line:
             name, value = line.split("=", 1)
             out[name] = value
