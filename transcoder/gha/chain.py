@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from .client import CacheClient, CacheEntry
 
 log = logging.getLogger("transcoder.gha")
 DEAD_AFTER = 900.0  # seconds; a record entry takes well under a second to upload
-MAX_ATTEMPTS = 30
+MAX_ATTEMPTS = 100
 Merge = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 
@@ -98,7 +99,7 @@ class RecordChain:
         """
         deadline = time.monotonic() + self.client.config.timeout
         taken = 0
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             st = self.read()
             if known is not None and known(st.records):
                 return 0
@@ -110,6 +111,8 @@ class RecordChain:
                 taken = n  # someone else's entry, maybe not visible yet: read again, then go past it
                 if time.monotonic() > deadline:
                     break
+                # Writers that collided would collide again in lockstep; a little jitter spreads them.
+                time.sleep(random.uniform(0, min(1.0, 0.05 * (attempt + 1))))
                 continue
             try:
                 upload.write(body)
