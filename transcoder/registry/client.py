@@ -1,15 +1,6 @@
-"""A client for the OCI distribution API on httpx: manifests, indexes, tags and
-blobs (HEAD, ranged GET, cross-repository mount, chunked and monolithic
-uploads), behind anonymous, Basic or bearer-token auth.
-
-Transport: HTTPS with verification by default. Plain HTTP is tried only for a
-loopback host or with ``insecure=True`` (which also turns verification off),
-and only after HTTPS failed, as Docker does for insecure registries.
-
-Retries (tenacity): a request whose bytes never left (connect error), and any
-idempotent request that met a reset, a timeout, 429 or 5xx, is retried with
-backoff, honouring ``Retry-After``. Uploads restart or resume in
-:mod:`.upload`, which knows what the registry already holds.
+"""The OCI distribution API on top of :mod:`.transport`: manifests, indexes
+and tags, and blobs (HEAD, ranged and resumed GET, cross-repository mount,
+upload sessions).
 
 Every repository name reaching a URL was validated by :mod:`.reference`, and
 every digest is a :class:`Digest`.
@@ -18,42 +9,23 @@ every digest is a :class:`Digest`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import random
-import ssl
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TypeVar
-from urllib.parse import quote, urljoin
+from typing import BinaryIO
+from urllib.parse import quote
 
 import httpx
-import tenacity
 
-from .. import __version__
 from ..descriptor import DOCKER_LIST, DOCKER_MANIFEST, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, Descriptor
 from ..digest import Digest, is_digest
 from ..errors import AuthError, DigestMismatch, ManifestError, NotFound, SinkError, TransientError
-from .auth import Credentials, RegistryAuth, load_docker_credentials
-from .reference import check_host, check_tag, is_loopback
+from .reference import check_tag
 from .stream import open_reader
+from .transport import RegistryHTTP, Retryable, error_detail
 
 MANIFEST_ACCEPT = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
-ATTEMPTS = 4
-BACKOFF_BASE = 0.25
-BACKOFF_MAX = 4.0
-RETRY_AFTER_MAX = 30.0
 MAX_TAG_PAGES = 1000
-T = TypeVar("T")
-
-
-class Retryable(TransientError):
-    """A transient failure, and whether sending the request again is safe."""
-
-    def __init__(self, message: str, retry_after: float | None = None, *, safe: bool) -> None:
-        super().__init__(message, retry_after)
-        self.safe = safe
 
 
 @dataclass(frozen=True)
@@ -66,49 +38,8 @@ class FetchedManifest:
         return Descriptor(self.media_type, self.digest, len(self.data))
 
 
-@functools.cache
-def _tls_context(verify: bool) -> ssl.SSLContext:
-    """One context per process: loading the CA bundle costs ~0.5 s, per client otherwise."""
-    context = httpx.create_ssl_context(verify=verify)
-    return context
-
-
 def _ref_segment(ref: str | Digest) -> str:
     return str(ref) if isinstance(ref, Digest) else check_tag(ref)
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    try:
-        return min(float(resp.headers.get("retry-after", "")), RETRY_AFTER_MAX)
-    except ValueError:
-        return None
-
-
-def _error_detail(resp: httpx.Response) -> str:
-    """`` (CODE: message)`` from a distribution error body, if it has one."""
-    try:
-        if resp.is_stream_consumed:
-            body = resp.content
-        else:
-            buf = bytearray()
-            for chunk in resp.iter_bytes():
-                buf += chunk
-                if len(buf) > 65536:
-                    break
-            body = bytes(buf)
-        first = (json.loads(body).get("errors") or [])[0]
-        return f" ({str(first.get('code'))[:40]}: {str(first.get('message'))[:160]})"
-    except Exception:
-        return ""
-
-
-def _wait(state: tenacity.RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome else None
-    hint = getattr(exc, "retry_after", None)
-    if hint:
-        return float(hint)
-    backoff: float = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (state.attempt_number - 1))
-    return backoff * random.uniform(0.5, 1.0)
 
 
 def _media_type_of(data: bytes, header: str) -> str:
@@ -126,126 +57,8 @@ def _media_type_of(data: bytes, header: str) -> str:
     return OCI_INDEX if isinstance(obj, dict) and "manifests" in obj else OCI_MANIFEST
 
 
-class RegistryClient:
-    """One registry host; thread-safe (uploads run on their own threads)."""
-
-    def __init__(
-        self,
-        host: str,
-        *,
-        insecure: bool = False,
-        credentials: Credentials | None = None,
-        transport: httpx.BaseTransport | None = None,
-        timeout: float = 60.0,
-        attempts: int = ATTEMPTS,
-    ) -> None:
-        self.host = check_host(host)
-        self.insecure = insecure
-        self.plain_allowed = insecure or is_loopback(host)
-        self.credentials = credentials if credentials is not None else load_docker_credentials(host)
-        self.attempts = attempts
-        self.requests = 0  # every request sent, retries and auth round trips included
-        self._auth = RegistryAuth(host, self.credentials, self._token_request)
-        self._http = httpx.Client(
-            transport=transport, verify=_tls_context(not insecure), auth=self._auth, timeout=httpx.Timeout(timeout, connect=10.0),
-            headers={"User-Agent": f"transcoder/{__version__}"}, event_hooks={"request": [self._count]},
-        )
-        self._base: str | None = None
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"RegistryClient(host={self.host!r}, credentials={self.credentials!r})"
-
-    def close(self) -> None:
-        self._http.close()
-
-    def _count(self, request: httpx.Request) -> None:
-        self.requests += 1
-
-    def _token_request(self, realm: str, params: dict[str, Any], creds: Credentials | None) -> httpx.Response:
-        auth = httpx.BasicAuth(creds.username, creds.password) if creds else None
-        return self._http.get(realm, params=params, auth=auth)
-
-    # -- transport ---------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        with self._lock:
-            if self._base is None:
-                self._base = self._probe()
-            return self._base
-
-    def _probe(self) -> str:
-        secure = f"https://{self.host}"
-        if not self.plain_allowed:
-            return secure
-        try:
-            self._http.get(secure + "/v2/", auth=None, timeout=5.0).close()
-            return secure
-        except httpx.TransportError:
-            return f"http://{self.host}"
-
-    def url(self, path_or_url: str) -> str:
-        return urljoin(self.base_url + "/", path_or_url)
-
-    def where(self, repo: str | None) -> str:
-        return f"registry {self.host}" + (f", repository {repo}" if repo else "")
-
-    def request(
-        self, method: str, path_or_url: str, *, what: str, repo: str | None, ok: Iterable[int] = (200,),
-        idempotent: bool = True, stream: bool = False, redirects: bool = False, replayable: bool = True, **kwargs: Any,
-    ) -> httpx.Response:
-        """Send with retries; return a response whose status is in ``ok``, else raise.
-
-        ``replayable=False``: the body is a stream the first attempt may have
-        consumed, so only a request that never left is sent again."""
-        expected = frozenset(ok)
-        url = self.url(path_or_url)
-
-        def attempt() -> httpx.Response:
-            try:
-                request = self._http.build_request(method, url, **kwargs)
-                response = self._http.send(request, stream=stream, follow_redirects=redirects)
-            except httpx.TransportError as exc:
-                unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                raise Retryable(f"{self.where(repo)}: {what}: {type(exc).__name__}: {str(exc)[:160]}",
-                                 safe=idempotent or unsent) from exc
-            if response.status_code in expected:
-                return response
-            try:
-                self.raise_for(response, what, repo, idempotent, replayable)
-            finally:
-                response.close()
-            raise AssertionError("unreachable")
-
-        return self.retrying(attempt)
-
-    def retrying(self, fn: Callable[[], T]) -> T:
-        retryer = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts), wait=_wait, reraise=True,
-            retry=tenacity.retry_if_exception(lambda e: isinstance(e, Retryable) and e.safe),
-        )
-        return retryer(fn)
-
-    def raise_for(
-        self, resp: httpx.Response, what: str, repo: str | None, idempotent: bool = True, replayable: bool = True,
-    ) -> None:
-        code = resp.status_code
-        detail = _error_detail(resp)
-        where = f"{self.where(repo)}: {what}"
-        if code == 401:
-            who = ("the credentials given were rejected" if self.credentials
-                   else "no credentials given (pass username/password or log in with docker login)")
-            raise AuthError(f"{where}: 401 Unauthorized, {who}{detail}")
-        if code == 403:
-            raise AuthError(f"{where}: 403 Forbidden, access denied{detail}")
-        if code == 404:
-            raise NotFound(f"{where}: not found{detail}")
-        if code == 429 or code >= 500:
-            # A refusal (429, 503) means the request was not acted upon.
-            refused = replayable and code in (429, 503)
-            raise Retryable(f"{where}: HTTP {code}{detail}", _retry_after(resp), safe=idempotent or refused)
-        raise SinkError(f"{where}: HTTP {code}{detail}")
+class RegistryClient(RegistryHTTP):
+    """The distribution API of one registry host."""
 
     # -- manifests and tags --------------------------------------------------
 
@@ -410,7 +223,7 @@ class RegistryClient:
                             repo=repo, ok=(201, 204, 400), idempotent=False, content=data,
                             headers={"Content-Type": "application/octet-stream"})
         if resp.status_code == 400:
-            detail = _error_detail(resp)
+            detail = error_detail(resp)
             if "DIGEST_INVALID" in detail:  # the registry hashed what it received: not this digest
                 raise DigestMismatch(f"{self.where(repo)}: {what}: the uploaded bytes do not match{detail}")
             raise SinkError(f"{self.where(repo)}: {what}: HTTP 400{detail}")

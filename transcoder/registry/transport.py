@@ -1,0 +1,240 @@
+"""HTTP to one registry host: TLS policy, auth, retries and error mapping.
+
+Transport: HTTPS with verification by default (certifi's CAs, or those named
+by SSL_CERT_FILE / SSL_CERT_DIR). Plain HTTP is tried only for a loopback
+host or with ``insecure=True`` (which also turns verification off), and only
+when the host does not speak TLS at all, as Docker does for insecure
+registries: a certificate that fails verification is an error, never a
+reason to downgrade.
+
+Retries (tenacity): a request whose bytes never left (connect error), and any
+idempotent request that met a reset, a timeout, 429 or 5xx, is retried with
+backoff, honouring ``Retry-After``. Uploads restart or resume in
+:mod:`.upload`, which knows what the registry already holds.
+
+Errors name the registry, the repository and what was asked, never a secret:
+401 and 403 are AuthError, 404 NotFound, 429 and 5xx TransientError.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import ssl
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import urljoin
+
+import httpx
+import tenacity
+
+from .. import __version__
+from ..errors import AuthError, NotFound, SinkError, TransientError
+from .auth import Credentials, RegistryAuth, load_docker_credentials
+from .reference import check_host, is_loopback
+
+ATTEMPTS = 4
+BACKOFF_BASE = 0.25
+BACKOFF_MAX = 4.0
+RETRY_AFTER_MAX = 30.0
+T = TypeVar("T")
+
+
+class Retryable(TransientError):
+    """A transient failure, and whether sending the request again is safe."""
+
+    def __init__(self, message: str, retry_after: float | None = None, *, safe: bool) -> None:
+        super().__init__(message, retry_after)
+        self.safe = safe
+
+
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    """A verifying context trusts certifi's CAs, or those of SSL_CERT_FILE / SSL_CERT_DIR."""
+    return _cached_tls_context(verify, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.cache
+def _cached_tls_context(verify: bool, cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    # One per process and setting: loading a CA bundle is slow enough to matter per client.
+    return httpx.create_ssl_context(verify=verify)
+
+
+def _untrusted(exc: BaseException) -> str | None:
+    """The reason, if ``exc`` comes from a failed certificate verification."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen.reason)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    try:
+        return min(float(resp.headers.get("retry-after", "")), RETRY_AFTER_MAX)
+    except ValueError:
+        return None
+
+
+def error_detail(resp: httpx.Response) -> str:
+    """`` (CODE: message)`` from a distribution error body, if it has one."""
+    try:
+        if resp.is_stream_consumed:
+            body = resp.content
+        else:
+            buf = bytearray()
+            for chunk in resp.iter_bytes():
+                buf += chunk
+                if len(buf) > 65536:
+                    break
+            body = bytes(buf)
+        first = (json.loads(body).get("errors") or [])[0]
+        return f" ({str(first.get('code'))[:40]}: {str(first.get('message'))[:160]})"
+    except Exception:
+        return ""
+
+
+def _wait(state: tenacity.RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    hint = getattr(exc, "retry_after", None)
+    if hint:
+        return float(hint)
+    backoff: float = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (state.attempt_number - 1))
+    return backoff * random.uniform(0.5, 1.0)
+
+
+class RegistryHTTP:
+    """Requests to one registry host; thread-safe (uploads run on their own threads)."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        insecure: bool = False,
+        credentials: Credentials | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 60.0,
+        attempts: int = ATTEMPTS,
+    ) -> None:
+        self.host = check_host(host)
+        self.insecure = insecure
+        self.plain_allowed = insecure or is_loopback(host)
+        self.credentials = credentials if credentials is not None else load_docker_credentials(host)
+        self.attempts = attempts
+        self.requests = 0  # every request sent, retries and auth round trips included
+        self._auth = RegistryAuth(host, self.credentials, self._token_request)
+        self._http = httpx.Client(
+            transport=transport, verify=_tls_context(not insecure), auth=self._auth,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            headers={"User-Agent": f"transcoder/{__version__}"}, event_hooks={"request": [self._count]},
+        )
+        self._base: str | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(host={self.host!r}, credentials={self.credentials!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _count(self, request: httpx.Request) -> None:
+        self.requests += 1
+
+    def _token_request(self, realm: str, params: dict[str, Any], creds: Credentials | None) -> httpx.Response:
+        auth = httpx.BasicAuth(creds.username, creds.password) if creds else None
+        return self._http.get(realm, params=params, auth=auth)
+
+    # -- transport ---------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        with self._lock:
+            if self._base is None:
+                self._base = self._probe()
+            return self._base
+
+    def _probe(self) -> str:
+        secure = f"https://{self.host}"
+        if not self.plain_allowed:
+            return secure
+        try:
+            self._http.get(secure + "/v2/", auth=None, timeout=5.0).close()
+            return secure
+        except httpx.TransportError as exc:
+            if (reason := _untrusted(exc)) is not None:  # it speaks TLS: never fall back to plain HTTP
+                raise self._untrusted_error(reason) from exc
+            return f"http://{self.host}"
+
+    def _untrusted_error(self, reason: str) -> SinkError:
+        hint = "" if self.insecure else "; trust its CA with SSL_CERT_FILE, or pass insecure=true"
+        return SinkError(f"registry {self.host}: TLS certificate not trusted ({reason[:120]}){hint}")
+
+    def url(self, path_or_url: str) -> str:
+        return urljoin(self.base_url + "/", path_or_url)
+
+    def where(self, repo: str | None) -> str:
+        return f"registry {self.host}" + (f", repository {repo}" if repo else "")
+
+    def request(
+        self, method: str, path_or_url: str, *, what: str, repo: str | None, ok: Iterable[int] = (200,),
+        idempotent: bool = True, stream: bool = False, redirects: bool = False, replayable: bool = True, **kwargs: Any,
+    ) -> httpx.Response:
+        """Send with retries; return a response whose status is in ``ok``, else raise.
+
+        ``replayable=False``: the body is a stream the first attempt may have
+        consumed, so only a request that never left is sent again."""
+        expected = frozenset(ok)
+        url = self.url(path_or_url)
+
+        def attempt() -> httpx.Response:
+            try:
+                request = self._http.build_request(method, url, **kwargs)
+                response = self._http.send(request, stream=stream, follow_redirects=redirects)
+            except httpx.TransportError as exc:
+                if (reason := _untrusted(exc)) is not None:
+                    raise self._untrusted_error(reason) from exc
+                unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                raise Retryable(f"{self.where(repo)}: {what}: {type(exc).__name__}: {str(exc)[:160]}",
+                                 safe=idempotent or unsent) from exc
+            if response.status_code in expected:
+                return response
+            try:
+                self.raise_for(response, what, repo, idempotent, replayable)
+            finally:
+                response.close()
+            raise AssertionError("unreachable")
+
+        return self.retrying(attempt)
+
+    def retrying(self, fn: Callable[[], T]) -> T:
+        retryer = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts), wait=_wait, reraise=True,
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, Retryable) and e.safe),
+        )
+        return retryer(fn)
+
+    def raise_for(
+        self, resp: httpx.Response, what: str, repo: str | None, idempotent: bool = True, replayable: bool = True,
+    ) -> None:
+        code = resp.status_code
+        detail = error_detail(resp)
+        where = f"{self.where(repo)}: {what}"
+        if code == 401:
+            who = ("the credentials given were rejected" if self.credentials
+                   else "no credentials given (pass username/password or log in with docker login)")
+            raise AuthError(f"{where}: 401 Unauthorized, {who}{detail}")
+        if code == 403:
+            raise AuthError(f"{where}: 403 Forbidden, access denied{detail}")
+        if code == 404:
+            raise NotFound(f"{where}: not found{detail}")
+        if code == 429 or code >= 500:
+            # A refusal (429, 503) means the request was not acted upon.
+            refused = replayable and code in (429, 503)
+            raise Retryable(f"{where}: HTTP {code}{detail}", _retry_after(resp), safe=idempotent or refused)
+        raise SinkError(f"{where}: HTTP {code}{detail}")
+
+
+__all__ = ["RegistryHTTP", "Retryable", "error_detail"]
