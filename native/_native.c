@@ -8,8 +8,8 @@
  * (3-byte headers with empty payloads) would make it the slowest stage of a
  * decode by orders of magnitude. Here a block costs a few nanoseconds.
  *
- * Block payloads are skipped, never copied; at most 8 header bytes are kept
- * between feeds.
+ * Block payloads are skipped, never copied; at most MAX_HEADER bytes are
+ * kept between feeds.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -18,12 +18,16 @@
 
 enum state { ST_MAGIC, ST_FHD, ST_HEADER, ST_SKIPPABLE, ST_BLOCK };
 
+/* Largest piece gathered at once: a frame header after its descriptor byte
+ * (window 1 + dictionary id 4 + content size 8 bytes). */
+#define MAX_HEADER 13
+
 typedef struct {
     PyObject_HEAD
     PyObject *name;   /* str: names the blob in error messages */
     PyObject *error;  /* exception class raised on bad input */
     enum state state;
-    uint8_t buf[8];   /* header bytes gathered across feeds */
+    uint8_t buf[MAX_HEADER]; /* header bytes gathered across feeds */
     Py_ssize_t have;
     uint64_t skip;    /* payload bytes still to pass over */
     Py_ssize_t header_len;

@@ -165,6 +165,35 @@ def _compressed_size(frame: bytes) -> int:
     return len(frame) - len(obj.unused_data)
 
 
+def frame_with_header(fhd: int, blocks: list[tuple[int, bytes]], *, fill: int = 0xA5) -> bytes:
+    """A frame with descriptor ``fhd``, its optional header fields filled with ``fill``, and
+    ``blocks`` of (block type, payload); the last one is marked last."""
+    fcs = (1 if fhd & 0x20 else 0, 2, 4, 8)[fhd >> 6]
+    header_len = (0 if fhd & 0x20 else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
+    out = MAGIC + bytes([fhd]) + bytes([fill]) * header_len
+    for i, (kind, payload) in enumerate(blocks):
+        size = len(payload) if kind != 1 else 200  # an RLE block repeats one byte
+        out += ((size << 3) | (kind << 1) | (i == len(blocks) - 1)).to_bytes(3, "little") + payload
+    return out + (b"\x01\x02\x03\x04" if fhd & 4 else b"")
+
+
+HEADERS = [fcs << 6 | single << 5 | checksum << 2 | dict_id
+           for fcs in range(4) for single in (0, 1) for checksum in (0, 1) for dict_id in range(4)]
+
+
+@pytest.mark.parametrize("fhd", HEADERS)
+def test_every_frame_header_layout(walker: Factory, fhd: int) -> None:
+    """Up to 13 header bytes after the descriptor (window, 4-byte dictionary id, 8-byte size)."""
+    frame = frame_with_header(fhd, [(0, b"raw"), (1, b"r"), (2, b"\xff" * 9)])
+    data = frame + skippable(b"x")
+    for piece in (1, 2, 5, 13, len(data)):
+        feed_all(walker, data, piece)
+    for cut in range(1, len(data)):
+        if cut != len(frame):
+            with pytest.raises(FormatError, match="truncated zstd stream"):
+                feed_all(walker, data[:cut], 3)
+
+
 def test_garbage_after_frame(walker: Factory) -> None:
     with pytest.raises(FormatError, match=r"^layer\.zst: garbage after zstd frame$"):
         feed_all(walker, VALID["one frame"] + b"PK\x03\x04", 4096, name="layer.zst")
@@ -192,12 +221,20 @@ def test_tiny_blocks_without_last_block(walker: Factory) -> None:
 
 
 SMALL = [VALID[k] for k in sorted(VALID) if len(VALID[k]) < 20_000]
+# Frames assembled from parts: any descriptor, header bytes and block headers.
+BUILT = st.builds(
+    frame_with_header,
+    st.integers(0, 255),
+    st.lists(st.tuples(st.integers(0, 3), st.binary(max_size=5)), min_size=1, max_size=4),
+    fill=st.integers(0, 255),
+)
 
 
 @given(
     data=st.one_of(
         st.binary(max_size=300),
         st.binary(max_size=40).map(lambda b: MAGIC + b),
+        st.tuples(BUILT, st.integers(0, 100), st.binary(max_size=4)).map(lambda t: t[0][: len(t[0]) - t[1]] + t[2]),
         st.tuples(st.sampled_from(SMALL), st.integers(0, 20_000), st.binary(max_size=8)).map(
             lambda t: t[0][: t[1]] + t[2]  # a valid stream, cut anywhere, maybe followed by junk
         ),
