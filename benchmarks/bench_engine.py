@@ -61,6 +61,7 @@ class Proc:
     cpu: float
     rss: int
     report: dict[str, Any] = field(default_factory=dict)
+    others: float = 0.0  # cores used by other processes meanwhile (0 on an idle machine)
 
 
 def run_proc(argv: list[str], env: dict[str, str] | None = None) -> Proc:
@@ -71,16 +72,24 @@ def run_proc(argv: list[str], env: dict[str, str] | None = None) -> Proc:
     from this (large) process. stdout JSON, if any, becomes ``report``.
     """
     with tempfile.NamedTemporaryFile("r") as tf, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
+        busy, started = _busy_seconds(), time.perf_counter()
         p = subprocess.run([TIME, "-f", "%U %S %M", "-o", tf.name, *argv], stdout=subprocess.PIPE, stderr=err, env=env)
-        wall = time.perf_counter() - started
+        wall, busy = time.perf_counter() - started, _busy_seconds() - busy
         if p.returncode != 0:
             err.seek(0)
             raise RuntimeError(f"{argv[0]} exited {p.returncode}: {err.read().decode(errors='replace')[-2000:]}")
         user, sys_, rss_kib = tf.read().split()[-3:]
     out = p.stdout
     report = json.loads(out) if out.strip().startswith(b"{") else {"stdout": out.decode(errors="replace")}
-    return Proc(wall, float(user) + float(sys_), int(rss_kib) * 1024, report)
+    cpu = float(user) + float(sys_)
+    return Proc(wall, cpu, int(rss_kib) * 1024, report, max(0.0, busy - cpu) / wall)
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all processes have spent so far (from /proc/stat), to see who else ran."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def run_json(*args: str) -> dict[str, Any]:
@@ -323,7 +332,8 @@ def bench_layer(name: str, args: argparse.Namespace, work: Path) -> dict[str, An
 def summarize(procs: list[Proc], tar: int, per_byte: float) -> dict[str, float]:
     """The fastest repetition (least disturbed by other load); RSS is the largest seen."""
     best = min(procs, key=lambda p: p.wall)
-    out = {"wall": best.wall, "cpu": best.cpu, "rss_mib": max(p.rss for p in procs) / MiB, "mbs": tar / best.wall / 1e6}
+    out = {"wall": best.wall, "cpu": best.cpu, "rss_mib": max(p.rss for p in procs) / MiB, "mbs": tar / best.wall / 1e6,
+           "others": best.others}
     if "wall" in best.report:  # the pipeline times itself, without interpreter start-up
         best = min(procs, key=lambda p: float(p.report["wall"]))
         inner, cpu = float(best.report["wall"]), float(best.report["cpu"])
@@ -349,10 +359,11 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         print(f"| {r['layer']} | {r['tar'] / 1e6:.1f} | {r['gz'] / 1e6:.1f} | {r['zst'] / 1e6:.1f} | {c['inflate']:.3f} "
               f"| {sha:.3f} | {c['zstd']:.3f} | {r['ns_per_byte']:.3f} | **{r['limit_mbs']:.1f}** | {c['zstd_mt1']:.3f} |")
     print("\nPipeline (transcode_stream to a file, C extension) and peers; MB/s of tar, best of "
-          f"{meta['reps']}; RSS = peak of the largest process.\n")
-    print("| layer | pipeline MB/s | **÷ limit** | CPU s (cores) | CPU efficiency | peak RSS MiB | Python twin ÷ limit "
-          "| skopeo MB/s (RSS) | **x skopeo** | pigz\\|zstd+openssl MB/s (RSS) | **x shell** |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"{meta['reps']}; RSS = peak of the largest process; other load = cores other processes used "
+          "during the pipeline's best run.\n")
+    print("| layer | pipeline MB/s | **÷ limit** | CPU s (cores) | other load (cores) | CPU efficiency | peak RSS MiB "
+          "| Python twin ÷ limit | skopeo MB/s (RSS) | **x skopeo** | pigz\\|zstd+openssl MB/s (RSS) | **x shell** |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         n, p = r["native"], r["python"]
         sk, sh = r.get("skopeo"), r.get("shell")
@@ -361,7 +372,7 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
             peers += (f" {peer['mbs']:.1f} ({peer['rss_mib']:.0f}) | {n['mbs'] / peer['mbs']:.2f}x |" if peer
                       else " - | - |")
         print(f"| {r['layer']} | {n['inner_mbs']:.1f} | **{n['inner_mbs'] / r['limit_mbs']:.2f}** "
-              f"| {n['inner_cpu']:.2f} ({n['inner_cpu'] / n['inner_wall']:.2f}) | {n['efficiency']:.2f} "
+              f"| {n['inner_cpu']:.2f} ({n['inner_cpu'] / n['inner_wall']:.2f}) | {n['others']:.2f} | {n['efficiency']:.2f} "
               f"| {n['rss_mib']:.0f} | {p['inner_mbs'] / r['limit_mbs']:.2f} |{peers}")
     print("\nVariant-table hit against transcoding the same blob (seconds; library = convert_blob, CLI = "
           "`transcoder convert SRC -o OUT`, interpreter start-up included).\n")
