@@ -18,7 +18,7 @@ from ..codecs import ZstdParams
 from ..descriptor import GZIP_LAYER_TYPES, OCI_LAYER_ZSTD, TAR_LAYER_TYPES, ZSTD_LAYER_TYPES, Descriptor
 from ..faults import crashpoint
 from ..records import VariantRecord
-from ..sinks.base import Sink
+from ..sinks.base import BlobMounter, Sink
 from ..transcode import Progress, transcode_stream
 from ..variants import VariantTable
 from .source import ImageSource
@@ -26,9 +26,14 @@ from .source import ImageSource
 ProgressFactory = Callable[[Descriptor], AbstractContextManager[Progress | None]]
 
 
+def _mounted(source: ImageSource, sink: Sink, desc: Descriptor) -> bool:
+    """True if the sink could link the blob from the source without moving bytes."""
+    return isinstance(sink, BlobMounter) and sink.mount_blob(desc, source)
+
+
 def copy_blob(source: ImageSource, sink: Sink, desc: Descriptor) -> None:
     """Stream a blob from ``source`` into ``sink``, verified; skip if present."""
-    if sink.stat_blob(desc.digest) == desc.size:
+    if sink.stat_blob(desc.digest) == desc.size or _mounted(source, sink, desc):
         return
     writer = sink.blob_writer(desc.media_type, key_hint=str(desc.digest), size_hint=desc.size)
     try:
@@ -101,7 +106,8 @@ class LayerJob:
 
     def transcode(self, layer: Descriptor) -> VariantRecord:
         tee = None
-        if self.keep_canonical and self.sink.stat_blob(layer.digest) != layer.size:
+        present = self.sink.stat_blob(layer.digest) == layer.size
+        if self.keep_canonical and not present and not _mounted(self.source, self.sink, layer):
             tee = self.sink.blob_writer(layer.media_type, key_hint=str(layer.digest), size_hint=layer.size)
         writer = self.sink.blob_writer(
             OCI_LAYER_ZSTD, key_hint=f"{layer.digest}-{self.params.key}"

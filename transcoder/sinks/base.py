@@ -74,6 +74,14 @@ class BlobIngester(Protocol):
 
 
 @runtime_checkable
+class BlobMounter(Protocol):
+    """Optional: link a blob from a source the sink can reach (a registry's
+    cross-repository mount) instead of copying its bytes."""
+
+    def mount_blob(self, desc: Descriptor, source: object) -> bool: ...
+
+
+@runtime_checkable
 class ManifestStore(Protocol):
     def put_manifest(self, data: bytes, media_type: str) -> Descriptor: ...
 
