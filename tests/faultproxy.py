@@ -89,8 +89,10 @@ class _Conn:
             with contextlib.suppress(OSError):
                 if rst:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                else:
-                    sock.shutdown(socket.SHUT_RDWR)
+                # Wakes a pump blocked in recv() (close alone would not); SHUT_RD sends nothing,
+                # so a reset still goes out as an RST when the socket closes.
+                sock.shutdown(socket.SHUT_RD if rst else socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
                 sock.close()
 
 
@@ -189,9 +191,10 @@ class FaultProxy:
                 continue
             server.settimeout(None)
             client.settimeout(None)
+            faults = self._take_faults()
             with self._lock:
                 self.connections += 1
-                conn = _Conn(self.connections, client, server, self._take_faults())
+                conn = _Conn(self.connections, client, server, faults)
                 self._conns.append(conn)
             self._spawn(self._pump, conn, "up")
             self._spawn(self._pump, conn, "down")
