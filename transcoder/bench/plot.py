@@ -41,7 +41,9 @@ def _panel(ax: Any, rows: list[dict[str, Any]], key: str, title: str) -> None:
         if not xs:
             continue
         name = "zstd" if library == "libzstd" else f"gzip ({library})"
-        ax.plot(xs, ys, marker=marker, color=color, linestyle="-", linewidth=0.8, markersize=5, label=name)
+        # Levels trade ratio for compression speed along a line; decode speed has no such order.
+        style = "-" if key == "compress" else "none"
+        ax.plot(xs, ys, marker=marker, color=color, linestyle=style, linewidth=0.8, markersize=5, label=name)
         for x, y, level in zip(xs, ys, levels, strict=True):
             ax.annotate(level, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, color=color)
     if key == "decode":
@@ -51,7 +53,7 @@ def _panel(ax: Any, rows: list[dict[str, Any]], key: str, title: str) -> None:
     ax.set_xscale("log")
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if str(v)[0] in "25" else ""))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:g}"[0] in "235" else ""))
     ax.set_xlabel(f"{title} speed, MB/s of tar (log scale)")
     ax.set_ylabel("ratio (tar / compressed)")
     ax.grid(True, which="both", alpha=0.3)
