@@ -347,6 +347,15 @@ def test_bad_options(layer: Path, args: list[str], needle: str, capsys: pytest.C
     assert captured.out == "" and captured.err.count("\n") == 1 and needle in captured.err, captured.err
 
 
+def test_missing_matplotlib_gives_the_install_hint(layer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError, as when not installed
+    assert main(["bench", str(layer), "--plot", str(tmp_path / "p.png")]) == UsageError.exit_code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'transcoder[plot]'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junk = tmp_path / "junk.bin"
     junk.write_bytes(os.urandom(4096))
