@@ -23,6 +23,7 @@ from transcoder.sinks import open_sink
 from transcoder.sinks.base import Sink
 
 S3_SECRET = "s3-contract-" + secrets.token_hex(12)
+RUN = secrets.token_hex(4)  # a reused registry keeps what earlier runs pushed: new names each run
 
 
 class TestLocalSink(SinkContract):
@@ -116,7 +117,7 @@ class TestRegistrySink(SinkContract):
     def sink_spec(self, tmp_path: Path, request: pytest.FixtureRequest) -> str:
         pytest.importorskip("transcoder.sinks.registry", reason="the registry sink module is not present")
         host = request.getfixturevalue("registry").host
-        return f"type=registry,ref={host}/contract/{tmp_path.name.lower()}"
+        return f"type=registry,ref={host}/contract-{RUN}/{tmp_path.name.lower()}"
 
     def make_sink(self, tmp_path: Path, request: pytest.FixtureRequest) -> Sink:
         return open_sink(self.sink_spec(tmp_path, request))

@@ -423,5 +423,6 @@ class ObjectSink(BlobManifests):
             folder, _, leaf = key[len(base):].rpartition("/")
             if folder and "/" not in folder and leaf.endswith(".json"):
                 stamped.setdefault(folder, []).append((leaf.split("-", 1)[0], key))
-        keys = [k for entries in stamped.values() for stamp, k in entries if stamp == max(entries)[0]]
+        newest = {folder: max(entries)[0] for folder, entries in stamped.items()}
+        keys = [k for folder, entries in stamped.items() for stamp, k in entries if stamp == newest[folder]]
         return merge_images([r for k in keys if (r := self._record(k, ImageRecord.from_bytes)) is not None])
