@@ -35,7 +35,8 @@ from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsE
 from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ExponentialRetry
 
 from ..errors import AuthError, NotFound, SinkError, TranscoderError, TransientError, UsageError
-from .objectstore import ObjectReader, ObjectSink, Tuning, buffered, check_known, int_option, prefix_option, tuning_options
+from .objectstore import ObjectReader, ObjectSink, buffered
+from .options import Tuning, check_known, int_option, prefix_option, tuning_options
 
 MIN_PART = 64 << 10
 MAX_PART = 4000 << 20  # Azure's largest block

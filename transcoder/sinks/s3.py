@@ -32,7 +32,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError, ProfileNotFound
 
 from ..errors import AuthError, Conflict, NotFound, SinkError, TranscoderError, TransientError, UsageError
-from .objectstore import ObjectReader, ObjectSink, Tuning, buffered, check_known, int_option, prefix_option, tuning_options
+from .objectstore import ObjectReader, ObjectSink, buffered
+from .options import Tuning, check_known, int_option, prefix_option, tuning_options
 
 MIN_PART = 5 << 20  # S3's minimum for every part but the last
 MAX_PART = 5 << 30
