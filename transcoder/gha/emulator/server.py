@@ -38,6 +38,9 @@ class Handler(BaseHTTPRequestHandler):
     server: Server
     server_version = "transcoder-gha-emulator"
     sys_version = ""
+    # Headers and body go out as separate writes; without TCP_NODELAY each
+    # small answer waits for the client's delayed ACK (~40 ms).
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         self._serve()
