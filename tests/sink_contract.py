@@ -302,10 +302,11 @@ class SinkContract:
 
     def test_secrets_never_shown(self, sink: Sink) -> None:
         shown = [repr(sink), str(sink), sink.location]
-        for bad in (lambda: read_all(sink, Digest.of(b"absent")), lambda: sink.get_manifest(
-                Descriptor(OCI_MANIFEST, Digest.of(b"absent"), 6))):
-            with pytest.raises(NotFound) as info:
-                bad()
+        with pytest.raises(NotFound) as missing_blob:
+            read_all(sink, Digest.of(b"absent"))
+        with pytest.raises(NotFound) as missing_manifest:
+            sink.get_manifest(Descriptor(OCI_MANIFEST, Digest.of(b"absent"), 6))
+        for info in (missing_blob, missing_manifest):
             shown += [str(info.value), repr(info.value)]
         for secret in self.secrets():
             assert secret

@@ -212,6 +212,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 @pytest.fixture(scope="module")
 def auth_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthS3]:
     """A private moto server that checks SigV4, with one IAM user allowed s3:*."""
@@ -228,7 +233,7 @@ def auth_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthS3]:
     argv = ["env", "INITIAL_NO_AUTH_ACTION_COUNT=3", sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     proc = peers.spawn("moto-auth", argv, workdir / "moto.log", workdir)
     try:
-        peers.wait_ready(proc, lambda: peers.port_open(port))
+        peers.wait_ready(proc, lambda: _listening(port))
         iam = boto3.client("iam", endpoint_url=url, region_name=S3_REGION, aws_access_key_id="setup",
                            aws_secret_access_key="setup")
         iam.create_user(UserName="ci")
