@@ -25,7 +25,7 @@ from ..errors import NotFound, StoreError, UsageError
 from ..images.layout import Layout
 from ..records import ImageRecord, VariantRecord
 from ..writers import FileWriter
-from .base import BlobManifests
+from .base import BlobManifests, as_digest
 
 
 class _IngestWriter(FileWriter):
@@ -36,7 +36,8 @@ class _IngestWriter(FileWriter):
         # The final name is unknown until commit; write into ingest/ first.
         super().__init__(sink.state / "ingest" / "blob")
 
-    def commit(self, size: int, digest: Digest) -> None:
+    def commit(self, size: int, digest: Digest | str) -> None:
+        digest = as_digest(digest)
         self.path = self._sink.layout.blob_path(digest)
         super().commit(size, digest)
 
@@ -83,11 +84,11 @@ class LocalSink(BlobManifests):
 
     # -- blobs --------------------------------------------------------------
 
-    def stat_blob(self, digest: Digest) -> int | None:
-        return self.layout.blob_size(digest)
+    def stat_blob(self, digest: Digest | str) -> int | None:
+        return self.layout.blob_size(as_digest(digest))
 
-    def open_blob(self, digest: Digest, offset: int = 0, length: int | None = None) -> BinaryIO:
-        f = self.layout.open_blob(digest)
+    def open_blob(self, digest: Digest | str, offset: int = 0, length: int | None = None) -> BinaryIO:
+        f = self.layout.open_blob(as_digest(digest))
         if offset or length is not None:
             import io
 
@@ -112,8 +113,8 @@ class LocalSink(BlobManifests):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.layout._atomic_write(path, rec.to_bytes())
 
-    def find_variants(self, source: Digest) -> list[VariantRecord]:
-        folder = self.state / "variants" / source.hex
+    def find_variants(self, source: Digest | str) -> list[VariantRecord]:
+        folder = self.state / "variants" / as_digest(source).hex
         out = []
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             out.append(VariantRecord.from_bytes(path.read_bytes(), f"{path}"))
@@ -126,12 +127,17 @@ class LocalSink(BlobManifests):
         return self.state / "images" / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".json")
 
     def put_image(self, rec: ImageRecord) -> None:
+        """Bind a name in index.json unless a newer binding is already there:
+        the merge rule of every sink (newest wins), whatever the write order."""
         root = rec.root.replace(annotations={**rec.root.annotations, ANNOTATION_REF_NAME: rec.name})
         with self.lock():
+            old = self.image_meta(rec.name)
+            if "created" in old and (float(old["created"]), str(old.get("root", ""))) > rec.sort_key():
+                return
             base = self.layout.read_index()
             entries = [e for e in self.layout.index_entries() if e.annotations.get(ANNOTATION_REF_NAME) != rec.name]
             entries.append(root)
-            meta = {"name": rec.name, "created": rec.created, "last_used": time.time()}
+            meta = {"name": rec.name, "created": rec.created, "root": str(rec.root.digest), "last_used": time.time()}
             self.layout._atomic_write(self._meta_path(rec.name), json.dumps(meta).encode())
             self.layout.write_index(entries, base)
 
