@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.imagegen import gz, make_tar
+from tests.peers import require_tool
 from transcoder.codecs import ZstdParams
 from transcoder.descriptor import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD
 from transcoder.digest import Digest
@@ -73,9 +74,9 @@ def test_multi_member_gzip_as_pigz_writes_it() -> None:
     assert res.diff_id == Digest.of(TAR)  # type: ignore[attr-defined]
 
 
-@pytest.mark.skipif(shutil.which("pigz") is None, reason="pigz not installed")
 def test_real_pigz_output() -> None:
-    src = subprocess.run(["pigz", "-6", "-n", "-b", "128"], input=TAR, capture_output=True, check=True).stdout
+    pigz = require_tool("pigz")
+    src = subprocess.run([pigz, "-6", "-n", "-b", "128"], input=TAR, capture_output=True, check=True).stdout
     w, _res = run(src)
     assert zstd_cli_decode(bytes(w.buf)) == TAR
 

@@ -56,14 +56,14 @@ def _s3(moto: peers.MotoS3) -> Target:
     bucket = new_bucket(moto.endpoint_url)
     secret = "nf-" + secrets.token_hex(8)
     return Target("s3", moto.endpoint_url, lambda url, p: (
-        f"type=s3,bucket={bucket},region={S3_REGION},endpoint_url={url},prefix={p},part_size=5MiB,"
+        f"type=s3,bucket={bucket},region={S3_REGION},endpoint_url={url},prefix={p},part_size=5MiB,retries=1,"
         f"access_key_id={S3_KEY_ID},secret_access_key={secret}"), [secret])
 
 
 def _azblob(az: peers.Azurite) -> Target:
     container = new_container(az.connection_string)
     return Target("azblob", "http://127.0.0.1:" + az.blob_endpoint.split(":")[2].split("/")[0], lambda url, p: (
-        f"type=azblob,account_url={url}/{az.account},name={container},prefix={p},part_size=256KiB,"
+        f"type=azblob,account_url={url}/{az.account},name={container},prefix={p},part_size=256KiB,retries=1,"
         f"account_key={az.key}"), [az.key])
 
 
