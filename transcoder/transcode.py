@@ -1,13 +1,14 @@
 """The one streaming pipeline: source blob -> decoded tar -> zstd -> writer.
 
 Two Python threads and ``workers`` libzstd threads. The decode thread reads
-the source, hashes it, decodes it (ISA-L for gzip) and hashes the tar (the
-diffID); the calling thread feeds libzstd's multi-threaded compressor, hashes
-its output and hands it to the writer. Every heavy call releases the GIL, so
-the stages overlap on all cores. A bounded queue between the two threads caps
-memory at ``QUEUE_DEPTH x CHUNK`` plus libzstd's job buffers, whatever the
-layer size. The output is committed only after the source digest, the size
-bound and the output digest have all been checked.
+the source, hashes it and decodes it (ISA-L for gzip); the calling thread
+feeds libzstd's multi-threaded compressor, hashes the tar (the diffID) while
+libzstd works on it, hashes the output and hands it to the writer. Decoding
+is the one serial stage, so it carries no more than it must. Every heavy call
+releases the GIL, so the stages overlap on all cores. A bounded queue between
+the two threads caps memory at ``QUEUE_DEPTH`` decoded chunks plus libzstd's
+job buffers, whatever the layer size. The output is committed only after the
+source digest, the size bound and the output digest have all been checked.
 """
 
 from __future__ import annotations
@@ -110,7 +111,6 @@ class _Decoded:
     """What the decode thread learned, read by the caller after the join."""
 
     fmt: Format = Format.UNKNOWN
-    diff_id: Digest | None = None
     tar_size: int = 0
     error: BaseException | None = None
 
@@ -135,15 +135,12 @@ def _decode_thread(src: _SourceReader, name: str, max_size: int | None, out: que
         info.fmt = detect(head)
         if info.fmt is Format.UNKNOWN:
             raise FormatError(f"{name}: not gzip, zstd or tar (starts with {head[:4].hex()})")
-        tar_hash = hashlib.sha256()
         for chunk in _decoded_chunks(src, info.fmt, name):
             info.tar_size += len(chunk)
             if max_size is not None and info.tar_size > max_size:
                 raise SizeLimitExceeded(f"{name}: decoded size exceeds --max-size {max_size} bytes")
-            tar_hash.update(chunk)
             crashpoint("decode")
             out.put(chunk)
-        info.diff_id = Digest.from_hasher(tar_hash)
         out.put(_END)
     except BaseException as exc:
         info.error = exc
@@ -187,10 +184,9 @@ def transcode_stream(
     thread = threading.Thread(target=_decode_thread, args=(src, name, max_size, chunks, info), daemon=True)
     thread.start()
     try:
-        out_hash, out_size = _encode(chunks, writer, params, workers or default_workers())
+        out_hash, out_size, diff_id = _encode(chunks, writer, params, workers or default_workers())
         thread.join()
         source_digest = _check_source(src, name, expect, expect_size)
-        assert info.diff_id is not None
         target = Descriptor(OCI_LAYER_ZSTD, Digest.from_hasher(out_hash), out_size)
         writer.commit(out_size, target.digest)
         if tee is not None:
@@ -203,11 +199,13 @@ def transcode_stream(
         raise
     source = Descriptor(MEDIA_TYPES[info.fmt], source_digest, src.size)
     noop = source.digest == target.digest
-    return TranscodeResult(source, target, info.diff_id, params, noop=noop, seconds=time.perf_counter() - started)
+    return TranscodeResult(source, target, diff_id, params, noop=noop, seconds=time.perf_counter() - started)
 
 
-def _encode(chunks: queue.Queue[Any], writer: BlobWriter, params: ZstdParams, workers: int) -> tuple[Any, int]:
+def _encode(chunks: queue.Queue[Any], writer: BlobWriter, params: ZstdParams, workers: int) -> tuple[Any, int, Digest]:
+    """Consumer: returns (output hasher, output size, diffID)."""
     cobj = params.compressor(workers).compressobj()
+    tar_hash = hashlib.sha256()
     out_hash = hashlib.sha256()
     out_size = 0
     while True:
@@ -218,12 +216,13 @@ def _encode(chunks: queue.Queue[Any], writer: BlobWriter, params: ZstdParams, wo
             raise item
         else:
             data = cobj.compress(item)
+            tar_hash.update(item)  # after compress: libzstd's workers already have the chunk
         if data:
             out_hash.update(data)
             out_size += len(data)
             writer.write(data)
         if item is _END:
-            return out_hash, out_size
+            return out_hash, out_size, Digest.from_hasher(tar_hash)
 
 
 def _drain(chunks: queue.Queue[Any], thread: threading.Thread) -> None:
