@@ -17,11 +17,14 @@ import pytest
 from tests.imagegen import make_tar, write_layout
 
 MiB = 1 << 20
+# VmHWM (peak RSS of this address space), not ru_maxrss: Linux carries
+# ru_maxrss across exec, so a child of a big test process would inherit it.
 RSS_PROBE = (
-    "import resource, sys\n"
+    "import re, sys\n"
     "from transcoder.cli import main\n"
     "rc = main(sys.argv[1:])\n"
-    "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+    "print('maxrss', hwm, file=sys.stderr)\n"
     "sys.exit(rc)\n"
 )
 

@@ -106,8 +106,11 @@ class LayerJob:
 
     def transcode(self, layer: Descriptor) -> VariantRecord:
         tee = None
-        present = self.sink.stat_blob(layer.digest) == layer.size
-        if self.keep_canonical and not present and not _mounted(self.source, self.sink, layer):
+        wanted = self.keep_canonical and self.sink.stat_blob(layer.digest) != layer.size
+        # A mountable canonical blob is linked after the transcode has verified
+        # the source digest; anything else is teed from the one read.
+        mount_later = wanted and isinstance(self.sink, BlobMounter) and self.sink.can_mount(self.source)
+        if wanted and not mount_later:
             tee = self.sink.blob_writer(layer.media_type, key_hint=str(layer.digest), size_hint=layer.size)
         writer = self.sink.blob_writer(
             OCI_LAYER_ZSTD, key_hint=f"{layer.digest}-{self.params.key}"
@@ -118,6 +121,8 @@ class LayerJob:
                 stream, writer, params=self.params, workers=self.workers, expect=layer.digest, expect_size=layer.size,
                 max_size=self.max_size, name=f"{self.source.name}: layer {layer.digest}", progress=tick, tee=tee,
             )
+        if mount_later:
+            copy_blob(self.source, self.sink, layer)
         source = Descriptor(layer.media_type, result.source.digest, result.source.size)
         return VariantRecord(source, result.diff_id, result.target, result.params)
 

@@ -78,6 +78,8 @@ class BlobMounter(Protocol):
     """Optional: link a blob from a source the sink can reach (a registry's
     cross-repository mount) instead of copying its bytes."""
 
+    def can_mount(self, source: object) -> bool: ...
+
     def mount_blob(self, desc: Descriptor, source: object) -> bool: ...
 
 

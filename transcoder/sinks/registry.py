@@ -101,11 +101,16 @@ class RegistrySink:
     def blob_writer(self, media_type: str, *, key_hint: str | None = None, size_hint: int | None = None) -> RegistryBlobWriter:
         return _Writer(self, f"{self.location}: blob {key_hint or media_type}")
 
+    def can_mount(self, source: object) -> bool:
+        """True for a registry source in another repository of the same host."""
+        host, repo = getattr(source, "host", None), getattr(source, "repository", None)
+        return host == self.host and isinstance(repo, str) and repo != self.repository
+
     def mount_blob(self, desc: Descriptor, source: object) -> bool:
         """Cross-repository mount from a registry source on the same host;
         False when that is not possible (the caller then copies the bytes)."""
-        host, repo = getattr(source, "host", None), getattr(source, "repository", None)
-        if host != self.host or not isinstance(repo, str) or repo == self.repository:
+        repo = getattr(source, "repository", None)
+        if not self.can_mount(source) or not isinstance(repo, str):
             return False
         if self.client.mount_blob(self.repository, desc.digest, repo):
             self._present.add(desc.digest)
