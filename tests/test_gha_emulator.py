@@ -7,14 +7,13 @@ plane and the v1 REST surface are in test_gha_emulator_wire.py.
 
 from __future__ import annotations
 
-import types
-
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
