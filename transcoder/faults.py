@@ -6,7 +6,8 @@ conversion at an exact step and check that nothing half-done is visible.
 Unset (always, outside tests), a crash point costs one dictionary lookup.
 
 Points: ``decode`` (per decoded chunk), ``blob-committed`` (after a blob is
-published, before records), ``record-written`` (after a variant record),
+published, before records), ``layer-done`` (a layer's blobs committed in
+any sink, before records), ``record-written`` (after a variant record),
 ``index-write`` (index.json written to its temp file, not yet renamed).
 """
 

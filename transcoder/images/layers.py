@@ -123,6 +123,7 @@ class LayerJob:
             )
         if mount_later:
             copy_blob(self.source, self.sink, layer)
+        crashpoint("layer-done")
         source = Descriptor(layer.media_type, result.source.digest, result.source.size)
         return VariantRecord(source, result.diff_id, result.target, result.params)
 
