@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
-from .digest import Digest
+from .digest import Digest, check_digest
 from .errors import ManifestError
 
 OCI_LAYOUT_VERSION = "1.0.0"
@@ -87,6 +87,18 @@ class Descriptor:
 
     def __str__(self) -> str:
         return f"{self.digest} ({self.media_type}, {self.size} bytes)"
+
+
+def read_checked(f: BinaryIO, desc: Descriptor, what: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+    """Read a small blob whole from ``f``: refuse one over ``limit`` bytes, or
+    one whose size or digest is not what ``desc`` says."""
+    if desc.size > limit:
+        raise ManifestError(f"{what}: {desc.size} bytes is over the {limit} byte limit")
+    data = f.read(limit + 1)
+    if len(data) != desc.size:
+        raise ManifestError(f"{what}: blob is {len(data)} bytes, descriptor says {desc.size}")
+    check_digest(data, desc.digest, what)
+    return data
 
 
 def platform_string(platform: dict[str, Any] | None) -> str:

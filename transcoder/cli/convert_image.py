@@ -9,13 +9,13 @@ from contextlib import contextmanager
 
 from ..codecs import ZstdParams
 from ..descriptor import Descriptor
-from ..errors import TranscoderError, UsageError
+from ..errors import UsageError
 from ..images.convert import ConvertOptions, convert_image, describe
 from ..images.source import open_source
 from ..sinks import open_sink
 from ..transcode import Progress
 from ..variants import VariantTable
-from .output import emit_json, progress
+from .output import emit_json, progress, with_sink
 
 
 @contextmanager
@@ -38,15 +38,11 @@ def run_image(args: argparse.Namespace, params: ZstdParams, max_size: int | None
         progress=_layer_bar if sys.stderr.isatty() else None,
     )
     try:
-        result = convert_image(source, sink, opts)
-    except TranscoderError as exc:
-        if getattr(sink, "ignore_errors", False):
-            print(f"transcoder: warning: {exc} (ignore-error=true)", file=sys.stderr)
-            return 0
-        raise
+        result = with_sink(sink, lambda: convert_image(source, sink, opts))
     finally:
         source.close()
-        sink.close()
+    if result is None:
+        return 0
     if args.json:
         emit_json(result.to_json())
     else:

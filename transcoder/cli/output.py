@@ -7,11 +7,27 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import UsageError
+from ..errors import TranscoderError, UsageError
+
+T = TypeVar("T")
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def with_sink(sink: Any, work: Callable[[], T]) -> T | None:
+    """Run ``work`` against ``sink`` and always close it. With the sink's
+    ``ignore-error=true``, a failure becomes a warning and None (exit 0)."""
+    try:
+        return work()
+    except TranscoderError as exc:
+        if getattr(sink, "ignore_errors", False):
+            print(f"transcoder: warning: {exc} (ignore-error=true)", file=sys.stderr)
+            return None
+        raise
+    finally:
+        sink.close()
 
 
 def emit_json(obj: Any) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ..errors import TranscoderError, UsageError
+from ..errors import UsageError
 from ..images.restore import restore
 from ..sinks import open_sink
-from .output import emit_json
+from .output import emit_json, with_sink
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,15 +30,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {args.output!r}: expected oci:DIR")
     dest = args.output[4:]
     sink = open_sink(args.sink)
-    try:
-        result = restore(sink, args.image, dest, args.compression, args.tag)
-    except TranscoderError as exc:
-        if getattr(sink, "ignore_errors", False):
-            print(f"transcoder: warning: {exc} (ignore-error=true)", file=sys.stderr)
-            return 0
-        raise
-    finally:
-        sink.close()
+    result = with_sink(sink, lambda: restore(sink, args.image, dest, args.compression, args.tag))
+    if result is None:
+        return 0
     if args.json:
         emit_json(result.to_json())
     else:

@@ -26,8 +26,9 @@ from ..descriptor import (
     OCI_MANIFEST,
     Descriptor,
     platform_string,
+    read_checked,
 )
-from ..digest import Digest, check_digest
+from ..digest import Digest
 from ..errors import ManifestError, UsageError
 from ..records import ImageRecord
 from ..sinks.base import Sink, put_bytes
@@ -85,14 +86,10 @@ class ImageResult:
 
 
 def read_blob_verified(source: ImageSource, desc: Descriptor, what: str) -> bytes:
-    if desc.size > MAX_MANIFEST_BYTES:
+    if desc.size > MAX_MANIFEST_BYTES:  # before opening: a hostile size never costs a read
         raise ManifestError(f"{what}: {desc.size} bytes is over the {MAX_MANIFEST_BYTES} byte limit")
     with source.open_blob(desc) as f:
-        data = f.read(MAX_MANIFEST_BYTES + 1)
-    if len(data) != desc.size:
-        raise ManifestError(f"{what}: blob is {len(data)} bytes, descriptor says {desc.size}")
-    check_digest(data, desc.digest, what)
-    return data
+        return read_checked(f, desc, what)
 
 
 def plan(source: ImageSource, platforms: list[str] | None) -> Plan:

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..descriptor import ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_LAYOUT_VERSION, Descriptor
-from ..digest import Digest, check_digest
+from ..descriptor import ANNOTATION_REF_NAME, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_LAYOUT_VERSION, Descriptor, read_checked
+from ..digest import Digest
 from ..errors import InputError, ManifestError, NotFound
 from ..faults import crashpoint
 from .model import canonical_json
@@ -51,14 +51,10 @@ class Layout:
         return self._inside(path, digest).stat().st_size
 
     def read_blob(self, desc: Descriptor, what: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
-        if desc.size > limit:
+        if desc.size > limit:  # before opening: a hostile size never costs a read
             raise ManifestError(f"{what}: {desc.size} bytes is over the {limit} byte limit")
         with self.open_blob(desc.digest) as f:
-            data = f.read(limit + 1)
-        if len(data) != desc.size:
-            raise ManifestError(f"{what}: blob is {len(data)} bytes, descriptor says {desc.size}")
-        check_digest(data, desc.digest, what)
-        return data
+            return read_checked(f, desc, what, limit)
 
     def read_index(self) -> dict[str, Any]:
         path = self.root / "index.json"

@@ -47,9 +47,9 @@ from __future__ import annotations
 import io
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from ..descriptor import MAX_MANIFEST_BYTES, Descriptor
-from ..digest import Digest, check_digest
-from ..errors import InputError, ManifestError
+from ..descriptor import MAX_MANIFEST_BYTES, Descriptor, read_checked
+from ..digest import Digest
+from ..errors import InputError
 from ..records import ImageRecord, VariantRecord
 from ..writers import BlobWriter
 
@@ -137,14 +137,8 @@ def put_bytes(sink: BlobIngester, data: bytes, media_type: str) -> Descriptor:
 
 def read_verified(provider: BlobProvider, desc: Descriptor, limit: int = MAX_MANIFEST_BYTES, what: str = "blob") -> bytes:
     """Read a small blob whole, refusing one over ``limit`` or not matching ``desc``."""
-    if desc.size > limit:
-        raise ManifestError(f"{what} {desc.digest}: {desc.size} bytes is over the {limit} byte limit")
     with provider.open_blob(desc.digest) as f:
-        data = f.read(limit + 1)
-    if len(data) != desc.size:
-        raise ManifestError(f"{what} {desc.digest}: {len(data)} bytes, descriptor says {desc.size}")
-    check_digest(data, desc.digest, f"{what} {desc.digest}")
-    return data
+        return read_checked(f, desc, f"{what} {desc.digest}", limit)
 
 
 class BlobManifests:
