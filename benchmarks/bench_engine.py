@@ -22,7 +22,7 @@ other load; peak RSS is the largest seen), and each measurement runs in its
 own child process. Throughput is MB/s of tar bytes (MB = 10^6 B). Ratios to the limit use the
 pipeline's own wall time; ratios to peers use whole-process wall times, so
 interpreter start-up counts against the pipeline. Run from the repository:
-``python benchmarks/bench_engine.py [--reps 3] [--layers bin,py,small]``.
+``python benchmarks/bench_engine.py [--reps 5] [--layers bin,py,small]``.
 """
 
 from __future__ import annotations
