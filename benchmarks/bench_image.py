@@ -1,0 +1,80 @@
+"""Whole-image conversion: the three-layer corpus image (bin, py, small) into a
+local store, against the sum of its single-layer transcodes and against
+``skopeo copy --dest-compress-format zstd`` of the same image, in one run.
+
+    python benchmarks/bench_image.py [--reps 3] [--workdir DIR]
+
+Ratios are of medians measured round-robin in this run; the load average and
+the CPU other processes used meanwhile are printed, since on a shared machine
+wall-clock ratios are only as good as the quiet they were taken in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_engine import Proc, run_proc, run_skopeo
+from corpus import DEFAULT_WORKDIR, build_corpus, build_image, layer_info
+
+NAMES = ("bin", "py", "small")
+
+
+def ours(layout: Path, dest: Path, mode: str) -> Proc:
+    shutil.rmtree(dest, ignore_errors=True)
+    return run_proc([sys.executable, "-m", "transcoder", "convert", f"oci:{layout}:latest", "--to",
+                     f"type=local,dest={dest}", "--mode", mode, "--no-table", "--json"])
+
+
+def singles(layers: dict[str, Path], out: Path) -> list[Proc]:
+    return [run_proc([sys.executable, "-m", "transcoder", "convert", str(path), "-o", str(out / f"{name}.zst"),
+                      "--no-table", "--json"]) for name, path in layers.items()]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    args = ap.parse_args()
+    layers = build_corpus(args.workdir, NAMES)
+    layout = build_image(args.workdir, NAMES)
+    rows: dict[str, list[Proc]] = {"ours (replace)": [], "ours (add)": [], "sum of single layers": [], "skopeo": []}
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        for _ in range(args.reps):
+            rows["ours (replace)"].append(ours(layout, work / "replace", "replace"))
+            rows["ours (add)"].append(ours(layout, work / "add", "add"))
+            parts = singles(layers, work)
+            rows["sum of single layers"].append(Proc(sum(p.wall for p in parts), sum(p.cpu for p in parts),
+                                                     max(p.rss for p in parts), {}, max(p.others for p in parts)))
+            rows["skopeo"].append(run_skopeo(layout, work / "skopeo", 3))
+    tar = sum(int(layer_info(args.workdir, n)["tar_size"]) for n in NAMES)
+    print(f"image: {', '.join(NAMES)} ({tar / 1e6:.1f} MB of tar), {args.reps} reps, load average "
+          f"{load_before:.2f} before / {os.getloadavg()[0]:.2f} after, 2-core machine\n")
+    print(f"{'run':24} {'wall s':>8} {'CPU s':>8} {'peak RSS MiB':>13} {'MB/s of tar':>12} {'others (cores)':>15}")
+    for name, procs in rows.items():
+        wall = median([p.wall for p in procs])
+        print(f"{name:24} {wall:8.2f} {median([p.cpu for p in procs]):8.2f} {max(p.rss for p in procs) / 2**20:13.0f} "
+              f"{tar / 1e6 / wall:12.1f} {median([p.others for p in procs]):15.2f}")
+    ours_wall = median([p.wall for p in rows["ours (replace)"]])
+    skopeo_wall = median([p.wall for p in rows["skopeo"]])
+    single_wall = median([p.wall for p in rows["sum of single layers"]])
+    print(f"\nskopeo / ours (replace): {skopeo_wall / ours_wall:.2f}x  (target >= 2.0x)")
+    print(f"skopeo / ours (add, keeps gzip too): {skopeo_wall / median([p.wall for p in rows['ours (add)']]):.2f}x")
+    print(f"ours / sum of single-layer transcodes: {ours_wall / single_wall:.2f}")
+
+
+if __name__ == "__main__":
+    main()
