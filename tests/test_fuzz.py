@@ -100,3 +100,28 @@ def test_second_member_cut_inside_its_header() -> None:
 
     with pytest.raises(FormatError, match="truncated gzip stream in member 2"):
         transcode_stream(io.BytesIO(GZ + GZ[:5]), NullWriter("x"))
+
+
+@FAST
+@given(st.binary(max_size=400) | st.text(max_size=200).map(lambda t: ('Bearer realm="' + t + '",scope=x').encode()))
+def test_www_authenticate_headers(data: bytes) -> None:
+    from tests.fuzz.targets import www_authenticate
+
+    www_authenticate(data)
+
+
+@FAST
+@given(st.binary(max_size=600) | json_values.map(lambda v: __import__("json").dumps({"errors": [v]}).encode()))
+def test_registry_error_bodies(data: bytes) -> None:
+    from tests.fuzz.targets import registry_error_body
+
+    registry_error_body(data)
+
+
+@FAST
+@given(st.binary(max_size=600) | st.tuples(st.binary(min_size=1, max_size=1), json_values).map(
+    lambda p: p[0] + __import__("json").dumps(p[1]).encode()))
+def test_twirp_responses(data: bytes) -> None:
+    from tests.fuzz.targets import twirp_response
+
+    twirp_response(data)

@@ -94,3 +94,42 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "records": records,
     "docker-archive": docker_archive,
 }
+
+
+def www_authenticate(data: bytes) -> None:
+    """A registry's challenge header: parsed or ignored, never an exception."""
+    from transcoder.registry.auth import parse_challenge
+
+    challenge = parse_challenge(data.decode("latin-1"))
+    assert challenge is None or challenge.scheme in ("basic", "bearer")
+
+
+def registry_error_body(data: bytes) -> None:
+    """A distribution error body becomes a short detail string or nothing."""
+    import httpx
+
+    from transcoder.registry.transport import error_detail
+
+    detail = error_detail(httpx.Response(400, content=data))
+    assert (len(detail) < 260 and "\n" not in detail) or detail == ""
+
+
+def twirp_response(data: bytes) -> None:
+    """Whatever the cache service answers (status from the first byte, body the
+    rest), a lookup returns an entry or None, or raises a TranscoderError."""
+    import httpx
+
+    from transcoder.gha.client import open_client
+    from transcoder.gha.env import config_from
+    from transcoder.gha.retry import RetryPolicy
+
+    status = (200, 200, 400, 401, 404, 409, 429, 412)[data[0] % 8] if data else 200
+    body = data[1:]
+    transport = httpx.MockTransport(lambda request: httpx.Response(status, content=body))
+    config = config_from({"url_v2": "http://127.0.0.1:9/", "token": "fuzz", "version": "2", "timeout": "1s"}, {})
+    policy = RetryPolicy(1.0, max_attempts=2, initial=0.0, max_wait=0.0, sleep=lambda _: None)
+    with open_client(config, transport=transport, policy=policy) as client, contextlib.suppress(TranscoderError):
+        client.lookup("transcoder-fuzz", "v")
+
+
+TARGETS.update({"www-authenticate": www_authenticate, "registry-error": registry_error_body, "twirp": twirp_response})
