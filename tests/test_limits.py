@@ -3,13 +3,17 @@ streamed with bounded memory, and say which bound was hit."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import json
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +117,64 @@ def test_huge_docker_archive_manifest_refused(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(data))
     rc, _, err = run_measured("convert", f"docker-archive:{path}", "--to", f"type=local,dest={tmp_path / 'out'}")
     assert rc == 1 and "manifest.json is over the 4194304 byte limit" in err
+
+
+class _Hostile(threading.Thread):
+    """A tiny registry that answers /v2/ and then misbehaves on manifests:
+    an endless chunked body, or one byte every half second (slow-loris)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(daemon=True)
+        self.mode = mode
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            request = conn.recv(65536).decode("latin-1")
+            if " /v2/ " in request:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDocker-Distribution-Api-Version: registry/2.0\r\n"
+                             b"Connection: close\r\n\r\n{}")
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+            while not self.stop.is_set():
+                if self.mode == "endless":
+                    conn.sendall(b"10000\r\n" + b" " * 0x10000 + b"\r\n")
+                else:
+                    conn.sendall(b"1\r\n \r\n")
+                    time.sleep(0.5)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("mode", ["endless", "slow-loris"])
+def test_endless_and_trickling_manifests_are_stopped(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transcoder.errors import TranscoderError
+    from transcoder.registry.client import RegistryClient
+
+    server = _Hostile(mode)
+    server.start()
+    monkeypatch.setattr(RegistryClient, "read_deadline", 3.0)
+    client = RegistryClient(f"127.0.0.1:{server.port}")
+    started = time.monotonic()
+    try:
+        with pytest.raises(TranscoderError) as info:
+            client.get_manifest("hostile/app", "latest")
+    finally:
+        server.close()
+    message = str(info.value)
+    assert "\n" not in message and f"127.0.0.1:{server.port}" in message
+    assert ("over the 4194304 byte limit" in message) if mode == "endless" else ("too slow" in message)
+    assert time.monotonic() - started < 30

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -81,16 +82,22 @@ class RegistryClient(RegistryHTTP):
             raise DigestMismatch(f"{self.where(repo)}: {what}: content is {digest}, expected {expected}")
         return FetchedManifest(data, _media_type_of(data, resp.headers.get("content-type", "")), digest)
 
-    @staticmethod
-    def _read_bounded(resp: httpx.Response, limit: int, what: str) -> bytes:
+    # A server trickling bytes defeats per-read timeouts; a whole small
+    # document must arrive within this many seconds.
+    read_deadline = 60.0
+
+    def _read_bounded(self, resp: httpx.Response, limit: int, what: str) -> bytes:
         length = resp.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
             raise ManifestError(f"{what}: {length} bytes is over the {limit} byte limit")
         data = bytearray()
+        deadline = time.monotonic() + self.read_deadline
         for chunk in resp.iter_bytes():
             data += chunk
             if len(data) > limit:
                 raise ManifestError(f"{what}: over the {limit} byte limit")
+            if time.monotonic() > deadline:
+                raise SinkError(f"{what}: {len(data)} bytes in {self.read_deadline:.0f} s; the registry is too slow")
         return bytes(data)
 
     def head_manifest(self, repo: str, ref: str | Digest) -> Descriptor | None:
