@@ -18,7 +18,7 @@ the emulator. Ratios use the median (and the best) wall times of the same run;
 the emulator runs on the same cores, and its CPU time is shown; the CPU ratio
 (this process plus the emulator, over the transcode alone) is the figure that
 other load on a shared machine disturbs least. Run from the repository:
-``python benchmarks/bench_gha.py [--reps 3] [--emulator-nodelay]``.
+``python benchmarks/bench_gha.py [--reps 3]``.
 """
 
 from __future__ import annotations
@@ -59,13 +59,6 @@ TARGET_RATIO = 1.15
 UPLOAD_OPS = ("CreateCacheEntry", "PutBlob", "PutBlock", "PutBlockList", "FinalizeCacheEntryUpload")
 MB = 1e6
 CLIENT: dict[str, Any] = {}  # client keyword overrides (block_size, in_flight)
-OPTIONS: dict[str, Any] = {}
-# The emulator's HTTP server writes a response's headers and body as two segments; with Nagle's
-# algorithm on, the body then waits for the client's delayed ACK (~40 ms per JSON answer).
-# --emulator-nodelay starts it with TCP_NODELAY, to show what is the client's and what is that wait.
-NODELAY_LAUNCHER = ("import sys; from transcoder.gha.emulator import server; "
-                    "server.Handler.disable_nagle_algorithm = True; "
-                    "from transcoder.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 @dataclass
@@ -86,8 +79,7 @@ class Emu:
 @contextmanager
 def emulator(tmp: Path) -> Iterator[Emu]:
     env_file = tmp / f"emu-{time.monotonic_ns()}.env"
-    launcher = ["-c", NODELAY_LAUNCHER] if OPTIONS.get("emulator_nodelay") else ["-m", "transcoder"]
-    proc = subprocess.Popen([sys.executable, *launcher, "emulator", "serve", "--env-file", str(env_file)],
+    proc = subprocess.Popen([sys.executable, "-m", "transcoder", "emulator", "serve", "--env-file", str(env_file)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(tmp)})
     try:
         deadline = time.monotonic() + 30
@@ -199,8 +191,7 @@ def report(info: dict[str, Any], runs: dict[str, list[dict[str, float]]], second
     verdict = "meets" if gha["ratio"] <= TARGET_RATIO else "MISSES"
     print(f"end-to-end / transcode-only: {gha['ratio']:.3f} median, {gha['min_ratio']:.3f} best-of "
           f"({verdict} the target {TARGET_RATIO}); blob published {gha['blob_ratio']:.3f} (before the variant "
-          f"record); CPU incl. the emulator {gha['cpu_ratio']:.3f}"
-          + ("; emulator with TCP_NODELAY" if OPTIONS.get("emulator_nodelay") else ""))
+          f"record); CPU incl. the emulator {gha['cpu_ratio']:.3f}")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     for run in ("first", "second"):
         r = second[run]
@@ -217,11 +208,8 @@ def main() -> None:
     ap.add_argument("--level", type=int, default=3)
     ap.add_argument("--block-size", type=int, metavar="MiB", help="upload block size (default: the client's)")
     ap.add_argument("--in-flight", type=int, metavar="N", help="blocks uploading at once (default: the client's)")
-    ap.add_argument("--emulator-nodelay", action="store_true",
-                    help="start the emulator with TCP_NODELAY (removes its ~40 ms wait per JSON answer)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
-    OPTIONS["emulator_nodelay"] = args.emulator_nodelay
     if args.block_size:
         CLIENT["block_size"] = args.block_size << 20
     if args.in_flight:
