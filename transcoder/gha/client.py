@@ -20,6 +20,7 @@ import os
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ def shared_limiter(root: str, per_minute: int = DEFAULT_UPLOADS_PER_MINUTE) -> U
         return _LIMITERS[root]
 
 
-class CacheClient:
+class CacheClient(ABC):
     """Shared machinery; :class:`~transcoder.gha.v2.TwirpClient` and
     :class:`~transcoder.gha.v1.RestClient` implement ``lookup`` and ``reserve``."""
 
@@ -183,11 +184,13 @@ class CacheClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @abstractmethod
     def _lookup(self, key: str, version: str, restore_keys: list[str]) -> CacheEntry | None:
-        raise NotImplementedError
+        """One protocol's lookup (v1 REST or v2 Twirp)."""
 
+    @abstractmethod
     def _reserve(self, key: str, version: str, size_hint: int | None) -> EntryUpload:
-        raise NotImplementedError
+        """One protocol's reservation of a new entry."""
 
     def wait_visible(self, key: str, version: str, seconds: float = 5.0) -> bool:
         """Poll for a just-finalized entry (the service shows it after 1-3 s)."""
