@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -87,6 +88,17 @@ class Descriptor:
 
     def __str__(self) -> str:
         return f"{self.digest} ({self.media_type}, {self.size} bytes)"
+
+
+def json_object(data: bytes, what: str) -> dict[str, Any]:
+    """Parse an untrusted JSON document that must be an object."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{what}: malformed JSON ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{what}: not a JSON object")
+    return obj
 
 
 def read_checked(f: BinaryIO, desc: Descriptor, what: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:

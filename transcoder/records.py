@@ -12,21 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .codecs import ZstdParams
-from .descriptor import Descriptor
+from .descriptor import Descriptor, json_object
 from .digest import Digest
 from .errors import ManifestError
 
 RECORD_VERSION = 1
-
-
-def _loads(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{what}: malformed JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ManifestError(f"{what}: not a JSON object")
-    return obj
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -73,7 +63,7 @@ class VariantRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes, what: str = "variant record") -> VariantRecord:
-        return cls.from_json(_loads(data, what), what)
+        return cls.from_json(json_object(data, what), what)
 
 
 @dataclass(frozen=True)
@@ -97,7 +87,7 @@ class ImageRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes, what: str = "image record") -> ImageRecord:
-        obj = _loads(data, what)
+        obj = json_object(data, what)
         try:
             return cls(str(obj["name"]), Descriptor.from_json(obj["root"], what), float(obj["created"]))
         except ManifestError:

@@ -19,18 +19,9 @@ from ..descriptor import (
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
+    json_object,
 )
 from ..errors import ManifestError
-
-
-def _load(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{what}: malformed JSON ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise ManifestError(f"{what}: not a JSON object")
-    return obj
 
 
 def canonical_json(obj: dict[str, Any]) -> bytes:
@@ -71,7 +62,7 @@ class Index:
 
 def parse(data: bytes, desc: Descriptor, image: str) -> Manifest | Index:
     what = f"{image}: {desc.media_type} {desc.digest}"
-    obj = _load(data, what)
+    obj = json_object(data, what)
     mt = _media_type(obj, desc)
     if obj.get("schemaVersion") != 2:
         raise ManifestError(f"{what}: schemaVersion is {obj.get('schemaVersion')!r}, expected 2")
@@ -107,7 +98,7 @@ def build_index(manifests: list[Descriptor], base: Index | None) -> dict[str, An
 
 
 def platform_of_config(data: bytes, what: str) -> dict[str, Any]:
-    obj = _load(data, what)
+    obj = json_object(data, what)
     plat: dict[str, Any] = {}
     for key in ("architecture", "os", "variant", "os.version"):
         if isinstance(obj.get(key), str) and obj[key]:
