@@ -119,6 +119,21 @@ def transport_error(exc: httpx.TransportError, what: str) -> SinkError:
     return TransientError(f"{what}: {name}: {detail}" if detail != name else f"{what}: {name}")
 
 
+def send_tracked(send: Callable[[], httpx.Response], what: str, state: dict[str, bool] | None) -> httpx.Response:
+    """Send one request; mark ``state["ambiguous"]`` when the server may have
+    acted without us seeing the answer (a dropped connection after connecting,
+    or a 5xx), so a retried create expects the 409 that may follow."""
+    try:
+        resp = send()
+    except httpx.TransportError as exc:
+        if state is not None and not isinstance(exc, httpx.ConnectError):
+            state["ambiguous"] = True
+        raise transport_error(exc, what) from exc
+    if state is not None and resp.status_code >= 500:
+        state["ambiguous"] = True
+    return resp
+
+
 class UploadRateLimiter:
     """At most ``per_minute`` entry creations in any sliding 60 s window (thread-safe)."""
 

@@ -21,7 +21,7 @@ from .blobplane import pieces
 from .chunks import Chunk, ChunkPipe
 from .client import CacheClient, CacheEntry, EntryUpload
 from .env import Secret, scrub
-from .retry import is_retryable_status, retry_after, transport_error
+from .retry import is_retryable_status, retry_after, send_tracked
 
 ACCEPT = "application/json;api-version=6.0-preview.1"
 
@@ -42,14 +42,8 @@ class RestClient(CacheClient):
             self.count(f"{method} {path.split('/')[0].split('?')[0]}")
             if body is not None:  # a fresh iterator for every attempt
                 kwargs["content"] = pieces(body)
-            try:
-                resp = self.http.request(method, self.base + path, headers=headers, **kwargs)
-            except httpx.TransportError as exc:
-                if state is not None and not isinstance(exc, httpx.ConnectError):
-                    state["ambiguous"] = True
-                raise transport_error(exc, what) from exc
-            if state is not None and resp.status_code >= 500:
-                state["ambiguous"] = True
+            resp = send_tracked(lambda: self.http.request(method, self.base + path, headers=headers, **kwargs),
+                                what, state)
             if resp.status_code >= 300:
                 raise self._error(resp, what)
             return resp

@@ -23,7 +23,7 @@ from ..errors import AuthError, Conflict, SinkError, TransientError
 from .blobplane import BlockUpload
 from .client import CacheClient, CacheEntry, EntryUpload
 from .env import Secret, scrub
-from .retry import is_retryable_status, retry_after, transport_error
+from .retry import is_retryable_status, retry_after, send_tracked
 
 SERVICE = "github.actions.results.api.v1.CacheService"
 
@@ -36,14 +36,7 @@ class TwirpClient(CacheClient):
 
         def attempt() -> dict[str, Any]:
             self.count(method)
-            try:
-                resp = self.http.post(url, json=body, headers=self.auth)
-            except httpx.TransportError as exc:
-                if state is not None and not isinstance(exc, httpx.ConnectError):
-                    state["ambiguous"] = True
-                raise transport_error(exc, what) from exc
-            if state is not None and resp.status_code >= 500:
-                state["ambiguous"] = True
+            resp = send_tracked(lambda: self.http.post(url, json=body, headers=self.auth), what, state)
             return self._decode(resp, what)
 
         return self.policy.call(attempt, what)
