@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.corpus import DEFAULT_WORKDIR, build_image, layer_info
+from benchmarks.corpus import DEFAULT_WORKDIR, build_image, layer_info, sha256_file
 
 CORES = 2
 MiB = 1 << 20
@@ -96,13 +96,6 @@ def run_json(*args: str) -> dict[str, Any]:
     """Run this program in a child mode and return its JSON (keeps this process small)."""
     return run_proc([sys.executable, __file__, "--child", *args]).report
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while block := f.read(4 * MiB):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
 
 
 # -- 1. stage costs ----------------------------------------------------------

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from transcoder.digest import sha256_stream
+
 DEFAULT_WORKDIR = Path("/tmp/transcoder-corpus")
 MiB = 1 << 20
 LAYERS: dict[str, tuple[str, int | None, tuple[str, ...]]] = {
@@ -100,12 +102,9 @@ def _write_tar(root: Path, cap: int | None, skip: tuple[str, ...], dest: Path) -
     return entries
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with open(path, "rb", buffering=0) as f:
-        while block := f.read(4 * MiB):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+        return str(sha256_stream(f, 4 * MiB)[0])
 
 
 def _build_layer(name: str, workdir: Path) -> dict[str, Any]:
@@ -113,14 +112,14 @@ def _build_layer(name: str, workdir: Path) -> dict[str, Any]:
     tar_path = workdir / f"{name}.tar"
     gz_path = workdir / f"{name}.tar.gz"
     entries = _write_tar(Path(root), cap, skip, tar_path)
-    diff_id = _sha256_file(tar_path)
+    diff_id = sha256_file(tar_path)
     tmp = gz_path.with_suffix(".gz.tmp")
     with open(tmp, "wb") as out:
         subprocess.run(["gzip", GZIP_LEVEL, "-n", "-c", str(tar_path)], stdout=out, check=True)
     os.replace(tmp, gz_path)
     meta = {
         "name": name, "root": root, "entries": entries, "tar_size": tar_path.stat().st_size, "diff_id": diff_id,
-        "path": str(gz_path), "size": gz_path.stat().st_size, "digest": _sha256_file(gz_path),
+        "path": str(gz_path), "size": gz_path.stat().st_size, "digest": sha256_file(gz_path),
     }
     tar_path.unlink()
     return meta
@@ -149,7 +148,7 @@ def _put_blob(layout: Path, data: bytes | None = None, source: Path | None = Non
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     if source is not None:
-        digest = _sha256_file(source)
+        digest = sha256_file(source)
         dest = blobs / digest.split(":")[1]
         if not dest.exists():
             try:
