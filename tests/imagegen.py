@@ -13,6 +13,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import zstandard
+
 from transcoder.descriptor import (
     ANNOTATION_REF_NAME,
     DOCKER_CONFIG,
@@ -129,3 +131,8 @@ def write_docker_archive(path: Path, tars: list[bytes], tag: str = "example/app:
         for name, t in zip(layers, tars, strict=True):
             _add(tar, name, t)
     return path
+
+
+def unzstd(data: bytes) -> bytes:
+    """Decode a whole zstd stream, every frame of it (the pipeline writes 8 MiB frames)."""
+    return zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress(data)

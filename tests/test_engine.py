@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import random
 import shutil
 import subprocess
+import threading
 import zlib
 
 import pytest
@@ -17,6 +19,8 @@ from hypothesis import strategies as st
 from tests.imagegen import gz, make_tar
 from tests.peers import require_tool
 from transcoder.codecs import ZstdParams
+from transcoder.codecs.framepool import compress_frames
+from transcoder.codecs.zstd import FRAME_SIZE
 from transcoder.descriptor import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD
 from transcoder.digest import Digest
 from transcoder.errors import DigestMismatch, FormatError, SizeLimitExceeded, SizeMismatch
@@ -51,7 +55,7 @@ def zstd_cli_decode(data: bytes) -> bytes:
     """An independent decoder: the zstd command-line tool."""
     exe = shutil.which("zstd")
     if exe is None:
-        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        return zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress(data)
     return subprocess.run([exe, "-dc"], input=data, capture_output=True, check=True).stdout
 
 
@@ -181,3 +185,93 @@ def test_params_identity_includes_library() -> None:
     assert p.library.startswith("libzstd ") and p.producible
     assert ZstdParams(level=3, library="libzstd 0.0.1").key != p.key
     assert ZstdParams.from_json(p.to_json()) == p
+
+
+# -- the frame layout ------------------------------------------------------------
+
+BIG = make_tar(11, size=20_000_000, files=400)  # three frames: 8 MiB, 8 MiB, the rest
+
+
+class Trickle(io.RawIOBase):
+    """A source that answers every read with a few bytes fewer than asked, like a pipe."""
+
+    def __init__(self, data: bytes, seed: int) -> None:
+        self._data, self._pos, self._rnd = data, 0, random.Random(seed)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+        n = min(len(b), self._rnd.randint(1, 100_000), len(self._data) - self._pos)
+        b[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+def frame_sizes(data: bytes) -> list[int]:
+    """Content size of every zstd frame, read frame by frame by libzstd."""
+    sizes = []
+    while data:
+        d = zstandard.ZstdDecompressor().decompressobj()
+        sizes.append(len(d.decompress(data)))
+        data = d.unused_data
+    return sizes
+
+
+def test_frames_are_cut_every_8_mib_whatever_the_workers_and_reads() -> None:
+    src = gz(BIG)
+    outs = {bytes(run(src, workers=n)[0].buf) for n in (1, 2, 5)}
+    outs.add(bytes(run(Trickle(src, 3).read(), workers=2)[0].buf))  # type: ignore[arg-type]
+    w = Collect()
+    transcode_stream(io.BufferedReader(Trickle(src, 4), 1 << 16), w, workers=3)
+    outs.add(bytes(w.buf))
+    outs.add(compress_frames(BIG, ZstdParams(), workers=2))
+    assert len(outs) == 1
+    out = outs.pop()
+    assert frame_sizes(out) == [FRAME_SIZE, FRAME_SIZE, len(BIG) - 2 * FRAME_SIZE]
+    assert zstd_cli_decode(out) == BIG
+
+
+def test_empty_tar_is_one_empty_frame() -> None:
+    w, res = run(gz(b""))
+    assert frame_sizes(bytes(w.buf)) == [0] and res.diff_id == Digest.of(b"")  # type: ignore[attr-defined]
+    assert bytes(w.buf) == compress_frames(b"", ZstdParams())
+
+
+class PlainWriter:
+    """A BlobWriter that is not a WriterBase: the pipeline hashes the output itself."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.committed: tuple[int, Digest] | None = None
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.buf += data
+
+    def commit(self, size: int, digest: Digest) -> None:
+        self.committed = (size, digest)
+
+    def abort(self) -> None:
+        raise AssertionError("not expected")
+
+
+def test_any_blob_writer_gets_the_right_digest() -> None:
+    w = PlainWriter()
+    res = transcode_stream(io.BytesIO(gz(BIG)), w, workers=2)
+    assert w.committed == (len(w.buf), Digest.of(bytes(w.buf))) == (res.target.size, res.target.digest)
+
+
+class FailingWriter(Collect):
+    def write(self, data: bytes | memoryview) -> None:
+        raise OSError("disk full")
+
+
+def test_writer_failure_stops_every_thread() -> None:
+    before = threading.active_count()
+    src = io.BytesIO(BIG * 3)  # plain tar, seven frames
+    w = FailingWriter()
+    with pytest.raises(OSError, match="disk full"):
+        transcode_stream(src, w, workers=2)
+    assert not w.committed
+    assert threading.active_count() == before  # decode thread and encoder workers are gone
+    assert src.tell() < len(BIG) * 3  # the decoder was stopped, not left to read the rest

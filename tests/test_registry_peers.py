@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zstandard
 
-from tests.imagegen import make_tar, write_layout
+from tests.imagegen import make_tar, unzstd, write_layout
 from tests.registry_support import repo_name
 from transcoder.codecs import ZstdParams
 from transcoder.descriptor import ANNOTATION_ZSTD, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST, Descriptor
@@ -115,7 +114,7 @@ def test_skopeo_inspects_and_copies_what_we_push(registry: Any, skopeo: str, lay
     assert [d["mediaType"] for d in zstd_manifest["layers"]] == [OCI_LAYER_ZSTD] * 3
     for layer, tar in zip(zstd_manifest["layers"], TARS, strict=True):
         data = (blobs / Digest.parse(layer["digest"]).hex).read_bytes()
-        assert zstandard.ZstdDecompressor().decompressobj().decompress(data) == tar
+        assert unzstd(data) == tar
 
 
 def test_containerd_pulls_our_zstd_image_and_checks_diffids(registry: Any, containerd: Any, layout: Path) -> None:

@@ -1,22 +1,21 @@
 """The one streaming pipeline: source blob -> decoded tar -> zstd -> writer.
 
-Two Python threads and ``workers`` libzstd threads. The decode thread reads
-the source, hashes it and decodes it (ISA-L for gzip); the calling thread
-feeds libzstd's multi-threaded compressor, hashes the tar (the diffID) while
-libzstd works on it, hashes the output and hands it to the writer. Decoding
-is the one serial stage, so it carries no more than it must. Every heavy call
-releases the GIL, so the stages overlap on all cores. A bounded queue between
-the two threads caps memory at ``QUEUE_DEPTH`` decoded chunks plus libzstd's
-job buffers, whatever the layer size. The output is committed only after the
-source digest, the size bound and the output digest have all been checked.
+Three kinds of thread. The decode thread reads the source, hashes it, decodes
+it (ISA-L for gzip), hashes the tar (the diffID) while the piece is still in
+cache and cuts it into frames; ``workers`` encoder threads compress whole
+frames (``codecs.framepool``); the calling thread takes the frames in order and
+hands them to the writer, which hashes what it is given. Every heavy call
+releases the GIL, so the stages overlap on all cores; decoding is the one
+serial stage, so it carries no more than it must. Memory is bounded by the
+frames in flight (two per worker) whatever the layer size. The output is
+committed only after the source digest, the size bound and the output digest
+have all been checked.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,17 +23,16 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .codecs import Format, ZstdParams, detect, iter_gzip, iter_zstd
+from .codecs.framepool import FramePool
 from .descriptor import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, Descriptor
 from .digest import Digest
 from .errors import DigestMismatch, FormatError, SizeLimitExceeded, SizeMismatch
 from .faults import crashpoint
-from .writers import BlobWriter
+from .writers import BlobWriter, StreamDigest
 
-# Source bytes per read. 256 KiB of gzip decodes to ~1 MiB of tar: small
-# decoded chunks keep the peak RSS of a 500 MB layer near 115 MiB (1 MiB reads:
-# ~140 MiB, from 3-4 MiB output buffers) at no measurable cost in CPU.
+# Source bytes per read. 256 KiB of gzip decodes to ~1 MiB of tar, which is
+# hashed and copied into its frame while it is still in the core's cache.
 CHUNK = 256 << 10
-QUEUE_DEPTH = 8
 MEDIA_TYPES = {Format.GZIP: OCI_LAYER_GZIP, Format.ZSTD: OCI_LAYER_ZSTD, Format.TAR: OCI_LAYER_TAR}
 
 Progress = Callable[[int], None]
@@ -79,9 +77,13 @@ class _SourceReader:
         self._stream = stream
         self._progress = progress
         self._tee = tee
-        self.hash = hashlib.sha256()
-        self.size = 0
+        # A tee that hashes what it is given hashes the source for us.
+        self.digest = StreamDigest(tee)
         self._head = b""
+
+    @property
+    def size(self) -> int:
+        return self.digest.size
 
     def peek(self, n: int) -> bytes:
         while len(self._head) < n:
@@ -97,8 +99,7 @@ class _SourceReader:
         else:
             data = self._stream.read(n)
         if data:
-            self.hash.update(data)
-            self.size += len(data)
+            self.digest.update(data)
             if self._tee is not None:
                 self._tee.write(data)
             if self._progress:
@@ -112,10 +113,7 @@ class _Decoded:
 
     fmt: Format = Format.UNKNOWN
     tar_size: int = 0
-    error: BaseException | None = None
-
-
-_END = object()
+    diff_id: Digest | None = None
 
 
 def _decoded_chunks(src: _SourceReader, fmt: Format, name: str) -> Iterator[bytes]:
@@ -126,29 +124,36 @@ def _decoded_chunks(src: _SourceReader, fmt: Format, name: str) -> Iterator[byte
     return iter(lambda: src.read(CHUNK), b"")
 
 
-def _decode_thread(src: _SourceReader, name: str, max_size: int | None, out: queue.Queue[Any], info: _Decoded) -> None:
-    """Producer: always ends by putting _END or an exception on the queue."""
+def _open_decoder(src: _SourceReader, name: str) -> tuple[Format, Iterator[bytes]]:
+    head = src.peek(512)
+    if not head:
+        raise FormatError(f"{name}: empty input")
+    fmt = detect(head)
+    if fmt is Format.UNKNOWN:
+        raise FormatError(f"{name}: not gzip, zstd or tar (starts with {head[:4].hex()})")
+    return fmt, _decoded_chunks(src, fmt, name)
+
+
+def _decode_thread(src: _SourceReader, name: str, max_size: int | None, pool: FramePool, info: _Decoded) -> None:
+    """Producer: always ends the pool's stream, with ``close`` or ``fail``."""
     try:
-        head = src.peek(512)
-        if not head:
-            raise FormatError(f"{name}: empty input")
-        info.fmt = detect(head)
-        if info.fmt is Format.UNKNOWN:
-            raise FormatError(f"{name}: not gzip, zstd or tar (starts with {head[:4].hex()})")
-        for chunk in _decoded_chunks(src, info.fmt, name):
+        info.fmt, chunks = _open_decoder(src, name)
+        tar_hash = hashlib.sha256()
+        for chunk in chunks:
             info.tar_size += len(chunk)
             if max_size is not None and info.tar_size > max_size:
                 raise SizeLimitExceeded(f"{name}: decoded size exceeds --max-size {max_size} bytes")
             crashpoint("decode")
-            out.put(chunk)
-        out.put(_END)
+            tar_hash.update(chunk)
+            pool.add(chunk)
+        info.diff_id = Digest.from_hasher(tar_hash)
+        pool.close()
     except BaseException as exc:
-        info.error = exc
-        out.put(exc)
+        pool.fail(exc)
 
 
 def _check_source(src: _SourceReader, name: str, expect: Digest | None, expect_size: int | None) -> Digest:
-    digest = Digest.from_hasher(src.hash)
+    digest = src.digest.value()
     if expect_size is not None and src.size != expect_size:
         raise SizeMismatch(f"{name}: source is {src.size} bytes, descriptor says {expect_size}")
     if expect is not None and digest != expect:
@@ -179,57 +184,37 @@ def transcode_stream(
     params = params or ZstdParams()
     started = time.perf_counter()
     src = _SourceReader(stream, progress, tee)
-    chunks: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
     info = _Decoded()
-    thread = threading.Thread(target=_decode_thread, args=(src, name, max_size, chunks, info), daemon=True)
-    thread.start()
-    try:
-        out_hash, out_size, diff_id = _encode(chunks, writer, params, workers or default_workers())
-        thread.join()
-        source_digest = _check_source(src, name, expect, expect_size)
-        target = Descriptor(OCI_LAYER_ZSTD, Digest.from_hasher(out_hash), out_size)
-        writer.commit(out_size, target.digest)
-        if tee is not None:
-            tee.commit(src.size, source_digest)
-    except BaseException:
-        _drain(chunks, thread)
-        writer.abort()
-        if tee is not None:
-            tee.abort()
-        raise
+    with FramePool(params, workers or default_workers()) as pool:
+        thread = threading.Thread(target=_decode_thread, args=(src, name, max_size, pool, info), daemon=True)
+        thread.start()
+        try:
+            target = _write_frames(pool, writer)
+            thread.join()
+            diff_id = info.diff_id
+            assert diff_id is not None  # the frames ended with close(), not fail()
+            source_digest = _check_source(src, name, expect, expect_size)
+            writer.commit(target.size, target.digest)
+            if tee is not None:
+                tee.commit(src.size, source_digest)
+        except BaseException:
+            pool.cancel(thread)
+            writer.abort()
+            if tee is not None:
+                tee.abort()
+            raise
     source = Descriptor(MEDIA_TYPES[info.fmt], source_digest, src.size)
     noop = source.digest == target.digest
     return TranscodeResult(source, target, diff_id, params, noop=noop, seconds=time.perf_counter() - started)
 
 
-def _encode(chunks: queue.Queue[Any], writer: BlobWriter, params: ZstdParams, workers: int) -> tuple[Any, int, Digest]:
-    """Consumer: returns (output hasher, output size, diffID)."""
-    cobj = params.compressor(workers).compressobj()
-    tar_hash = hashlib.sha256()
-    out_hash = hashlib.sha256()
-    out_size = 0
-    while True:
-        item = chunks.get()
-        if item is _END:
-            data = cobj.flush()
-        elif isinstance(item, BaseException):
-            raise item
-        else:
-            data = cobj.compress(item)
-            tar_hash.update(item)  # after compress: libzstd's workers already have the chunk
-        if data:
-            out_hash.update(data)
-            out_size += len(data)
-            writer.write(data)
-        if item is _END:
-            return out_hash, out_size, Digest.from_hasher(tar_hash)
-
-
-def _drain(chunks: queue.Queue[Any], thread: threading.Thread) -> None:
-    """Unblock and reap the decode thread after the consumer failed."""
-    while thread.is_alive():
-        with contextlib.suppress(queue.Empty):
-            chunks.get(timeout=0.05)
+def _write_frames(pool: FramePool, writer: BlobWriter) -> Descriptor:
+    """Consumer: the frames, in order, into ``writer``; returns the output's descriptor."""
+    out = StreamDigest(writer)
+    for frame in pool.frames():
+        out.update(frame)
+        writer.write(frame)
+    return Descriptor(OCI_LAYER_ZSTD, out.value(), out.size)
 
 
 @dataclass(frozen=True)
@@ -245,15 +230,10 @@ def decode_stream(
 ) -> DecodeResult:
     """Decode and hash without encoding: checks a blob and computes its diffID."""
     src = _SourceReader(stream, None)
-    head = src.peek(512)
-    if not head:
-        raise FormatError(f"{name}: empty input")
-    fmt = detect(head)
-    if fmt is Format.UNKNOWN:
-        raise FormatError(f"{name}: not gzip, zstd or tar (starts with {head[:4].hex()})")
+    fmt, chunks = _open_decoder(src, name)
     tar_hash = hashlib.sha256()
     size = 0
-    for chunk in _decoded_chunks(src, fmt, name):
+    for chunk in chunks:
         size += len(chunk)
         if max_size is not None and size > max_size:
             raise SizeLimitExceeded(f"{name}: decoded size exceeds --max-size {max_size} bytes")

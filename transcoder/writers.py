@@ -33,6 +33,9 @@ class BlobWriter(Protocol):
 class WriterBase(ABC):
     """Hashes and counts what it is given, so every writer can refuse a bad commit."""
 
+    # False in a writer whose _account counts without hashing.
+    hashes = True
+
     def __init__(self, name: str) -> None:
         self.name = name
         self._hash = hashlib.sha256()
@@ -42,6 +45,10 @@ class WriterBase(ABC):
     def _account(self, data: bytes | memoryview) -> None:
         self._hash.update(data)
         self._size += len(data)
+
+    def written_digest(self) -> Digest:
+        """The digest of everything written so far."""
+        return Digest.from_hasher(self._hash)
 
     def _check(self, size: int, digest: Digest) -> None:
         if self._size != size:
@@ -65,6 +72,30 @@ class WriterBase(ABC):
 
     @abstractmethod
     def abort(self) -> None: ...
+
+
+class StreamDigest:
+    """Size and sha256 of a stream that is also given to ``writer``.
+
+    A writer that hashes what it is given already computes this digest, so it
+    is taken from the writer instead of hashing every byte twice.
+    """
+
+    def __init__(self, writer: object | None = None) -> None:
+        self._writer = writer if isinstance(writer, WriterBase) and writer.hashes else None
+        self._hash = None if self._writer else hashlib.sha256()
+        self.size = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self._hash is not None:
+            self._hash.update(data)
+        self.size += len(data)
+
+    def value(self) -> Digest:
+        if self._writer is not None:
+            return self._writer.written_digest()
+        assert self._hash is not None
+        return Digest.from_hasher(self._hash)
 
 
 class FileWriter(WriterBase):

@@ -20,6 +20,7 @@ import zstandard
 from isal import isal_zlib
 
 from ..codecs import ZstdParams
+from ..codecs.framepool import compress_frames
 from ..errors import UsageError
 
 OUT_PIECE = 1 << 20
@@ -93,9 +94,8 @@ def _zstd_decode(blob: bytes) -> Iterator[bytes]:
 
 
 def _zstd_compress(data: bytes, level: int, workers: int) -> bytes:
-    # Same parameters as the pipeline (ZstdParams.compressor: threads >= 1,
-    # the layout that is identical for any worker count).
-    return _feed(ZstdParams(level).compressor(workers).compressobj(), data)
+    # The pipeline's own layout: independent frames, one worker each.
+    return compress_frames(data, ZstdParams(level), workers)
 
 
 ISAL = Codec(

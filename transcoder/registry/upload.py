@@ -199,6 +199,8 @@ class _Session:
 class RegistryBlobWriter(WriterBase):
     """A :class:`~transcoder.writers.BlobWriter` into one repository."""
 
+    hashes = False
+
     def __init__(self, client: RegistryClient, repo: str, name: str, chunk: int = CHUNK) -> None:
         super().__init__(name)
         self._client = client
