@@ -3,26 +3,70 @@ canonical gzip blob, moved through CI caches and registries."""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .blobs import convert_blob
-from .codecs import ZstdParams
-from .descriptor import Descriptor
-from .digest import Digest
-from .errors import TranscoderError
-from .images.convert import ConvertOptions, ImageResult, convert_image
-from .images.restore import restore
-from .images.source import open_source
-from .records import ImageRecord, VariantRecord
-from .sinks import open_sink
-from .transcode import TranscodeResult, transcode_stream
-from .variants import VariantTable
-from .writers import BlobWriter, FileWriter, NullWriter
+# Public names and the module each lives in. They are imported on first use
+# (PEP 562), so `transcoder convert blob` does not pay for the HTTP clients.
+_EXPORTS = {
+    "convert_blob": "blobs",
+    "ZstdParams": "codecs",
+    "Descriptor": "descriptor",
+    "Digest": "digest",
+    "TranscoderError": "errors",
+    "ConvertOptions": "images.convert",
+    "ImageResult": "images.convert",
+    "convert_image": "images.convert",
+    "restore": "images.restore",
+    "open_source": "images.source",
+    "ImageRecord": "records",
+    "VariantRecord": "records",
+    "open_sink": "sinks",
+    "TranscodeResult": "transcode",
+    "transcode_stream": "transcode",
+    "VariantTable": "variants",
+    "BlobWriter": "writers",
+    "FileWriter": "writers",
+    "NullWriter": "writers",
+}
 
-try:
-    __version__ = version("transcoder")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+source"
+if TYPE_CHECKING:
+    from .blobs import convert_blob
+    from .codecs import ZstdParams
+    from .descriptor import Descriptor
+    from .digest import Digest
+    from .errors import TranscoderError
+    from .images.convert import ConvertOptions, ImageResult, convert_image
+    from .images.restore import restore
+    from .images.source import open_source
+    from .records import ImageRecord, VariantRecord
+    from .sinks import open_sink
+    from .transcode import TranscodeResult, transcode_stream
+    from .variants import VariantTable
+    from .writers import BlobWriter, FileWriter, NullWriter
+
+    __version__: str
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("transcoder")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            value = "0.0.0+source"
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "BlobWriter",

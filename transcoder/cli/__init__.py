@@ -12,21 +12,21 @@ import argparse
 import importlib
 import sys
 
-from .. import __version__
 from ..errors import TranscoderError
 
 COMMANDS = ["convert", "restore", "variants", "gc", "check", "bench", "emulator"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or with ``only`` just that command (start-up pays for one command's imports)."""
     parser = argparse.ArgumentParser(
         prog="transcoder",
         description="Give container-image layers zstd variants beside their gzip originals, "
         "and move them through caches and registries.",
     )
-    parser.add_argument("--version", action="version", version=f"transcoder {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only not in COMMANDS else [only]:
         try:
             module = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:
@@ -37,8 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Version(argparse.Action):
+    """Like argparse's version action, but reads the package metadata only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from .. import __version__
+
+        print(f"transcoder {__version__}")
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
