@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from .. import allocator
 from .zstd import FRAME_SIZE, ZstdParams
 
 _END = object()
@@ -26,6 +27,7 @@ _END = object()
 
 class FramePool:
     def __init__(self, params: ZstdParams, workers: int, frame_size: int = FRAME_SIZE) -> None:
+        allocator.tune()  # frame-sized buffers reused from the heap, not faulted in anew
         self._frame_size = frame_size
         self._encode = _Encoder(params)
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="zstd")
