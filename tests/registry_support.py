@@ -8,8 +8,12 @@ registry, and a bearer-token front for one.
   the body of a request (a reset mid-upload, as a network would do it).
 * :class:`TokenFront` is a small HTTP server implementing the distribution
   token flow in front of a real registry: ``/token`` hands out tokens for the
-  scopes a user may have (Basic-authenticated, or anonymous), and ``/v2/``
-  requests pass through only with a token covering their scope.
+  scopes a user may have (Basic-authenticated, or anonymous, by GET; or by
+  the OAuth2 form POST with ``grant_type=refresh_token`` and an identity
+  token), and ``/v2/`` requests pass through only with a token covering
+  their scope.
+* :func:`write_credential_helper` writes a real ``docker-credential-<name>``
+  executable implementing the helper protocol's ``get``.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ import json
 import re
 import secrets
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,6 +42,43 @@ Hook = Callable[[httpx.Request, Callable[[httpx.Request], httpx.Response]], http
 
 def repo_name(prefix: str = "t") -> str:
     return f"{prefix}/{uuid.uuid4().hex[:12]}"
+
+
+_HELPER = """#!{python}
+import json, sys
+server = sys.stdin.read()
+with open({log!r}, "a") as f:
+    f.write(json.dumps({{"argv": sys.argv[1:], "stdin": server}}) + "\\n")
+if sys.argv[1:] != ["get"]:
+    sys.exit(2)
+fail = {fail!r}
+if fail is not None:
+    sys.stderr.write(fail + "\\n")
+    sys.exit(3)
+store = {store!r}
+if server not in store:
+    print("credentials not found in native keychain")
+    sys.exit(1)
+user, secret = store[server]
+print(json.dumps({{"ServerURL": server, "Username": user, "Secret": secret}}))
+"""
+
+
+def write_credential_helper(bin_dir: Path, name: str, store: dict[str, tuple[str, str]] | None = None, *,
+                            fail: str | None = None) -> Path:
+    """``bin_dir/docker-credential-<name>``: ``get`` answers from ``store``
+    (server URL -> user, secret) as docker's helpers do, "credentials not
+    found" for any other server, or fails with ``fail`` on stderr. Every call
+    (argv and stdin) is logged as a JSON line to the returned path."""
+    log = bin_dir / f"{name}.calls"
+    exe = bin_dir / f"docker-credential-{name}"
+    exe.write_text(_HELPER.format(python=sys.executable, log=str(log), fail=fail, store=store or {}))
+    exe.chmod(0o755)
+    return log
+
+
+def helper_calls(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 class FaultTransport(httpx.BaseTransport):
@@ -176,6 +219,11 @@ class TokenFront:
     anonymous: str = ""
     service: str = "test-registry"
     token_requests: list[dict[str, Any]] = field(default_factory=list)
+    #: identity (refresh) token -> user, for the OAuth2 POST (and, as some
+    #: registries do, as the Basic password of a GET)
+    refresh_tokens: dict[str, str] = field(default_factory=dict)
+    oauth: bool = True  # False: POST /token answers 404, as token servers without OAuth2 do
+    rotate: bool = False  # answer each refresh with a new refresh token (the old one stops working)
     _tokens: dict[str, dict[str, set[str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -229,19 +277,48 @@ class _FrontHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _token(self) -> None:
+    def _token(self, body: bytes) -> None:
+        if self.command == "POST":
+            self._oauth(body)
+            return
         query = parse_qs(urlsplit(self.path).query)
         user = None
         auth = self.headers.get("Authorization", "")
         if auth.startswith("Basic "):
             name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
-            if self.owner.users.get(name, ("\0", ""))[0] != password:
+            if self.owner.users.get(name, ("\0", ""))[0] == password:
+                user = name
+            elif password in self.owner.refresh_tokens:
+                user = self.owner.refresh_tokens[password]
+            else:
                 self._reply(401, b'{"details":"bad credentials"}')
                 return
-            user = name
-        self.owner.token_requests.append({"user": user, "scope": query.get("scope", []), "service": query.get("service")})
+        self.owner.token_requests.append({"method": "GET", "user": user, "scope": query.get("scope", []),
+                                          "service": query.get("service"), "authorization": auth})
         token = self.owner.issue(user, query.get("scope", []))
         self._reply(200, json.dumps({"token": token, "expires_in": 300}).encode(), {"Content-Type": "application/json"})
+
+    def _oauth(self, body: bytes) -> None:
+        """The OAuth2 flow of the distribution token spec (spec/auth/oauth.md)."""
+        if not self.owner.oauth:
+            self._reply(404, b"404 page not found")
+            return
+        form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        user = self.owner.refresh_tokens.get(form.get("refresh_token", ""))
+        self.owner.token_requests.append({"method": "POST", "user": user, "form": form, "service": [form.get("service")],
+                                          "scope": form.get("scope", "").split(), "authorization":
+                                          self.headers.get("Authorization", ""),
+                                          "content_type": self.headers.get("Content-Type", "")})
+        if form.get("grant_type") != "refresh_token" or not form.get("client_id") or user is None:
+            self._reply(400, b'{"error":"invalid_grant"}', {"Content-Type": "application/json"})
+            return
+        answer: dict[str, Any] = {"access_token": self.owner.issue(user, form.get("scope", "").split()),
+                                  "expires_in": 300, "scope": form.get("scope", "")}
+        if self.owner.rotate:
+            del self.owner.refresh_tokens[form["refresh_token"]]
+            answer["refresh_token"] = new = secrets.token_urlsafe(16)
+            self.owner.refresh_tokens[new] = user
+        self._reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
 
     def _challenge(self, scope: str | None) -> None:
         realm = f'Bearer realm="http://{self.owner.host}/token",service="{self.owner.service}"'
@@ -254,7 +331,7 @@ class _FrontHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         if self.path.startswith("/token"):
-            self._token()
+            self._token(body)
             return
         token = self.headers.get("Authorization", "").removeprefix("Bearer ")
         m = _PATH.match(urlsplit(self.path).path)

@@ -66,7 +66,7 @@ class Redirecting:
 def redirecting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redirecting]:
     work = tmp_path_factory.mktemp("redirect")
     (work / "data").mkdir()
-    htpasswd = subprocess.run(["htpasswd", "-niB", USER.username], input=USER.password, capture_output=True,
+    htpasswd = subprocess.run(["htpasswd", "-niB", USER.username], input=USER.password.reveal(), capture_output=True,
                               text=True, check=True).stdout
     (work / "htpasswd").write_text(htpasswd)
     seen: list[dict[str, str]] = []

@@ -10,10 +10,14 @@ or ``docker://HOST/REPO@sha256:...``.
 
 from __future__ import annotations
 
-from typing import BinaryIO, Protocol, runtime_checkable
+import os
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 from ..descriptor import Descriptor
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..registry.credentials import Credentials
 
 
 @runtime_checkable
@@ -38,8 +42,17 @@ class ImageSource(Protocol):
     def close(self) -> None: ...
 
 
-def open_source(ref: str) -> ImageSource:
-    """Open ``oci:``, ``docker-archive:`` or ``docker://`` references."""
+def open_source(
+    ref: str, *, credentials: Credentials | None = None, insecure: bool = False,
+    authfile: str | os.PathLike[str] | None = None,
+) -> ImageSource:
+    """Open ``oci:``, ``docker-archive:`` or ``docker://`` references.
+
+    ``credentials`` and ``insecure`` are for a registry and refused for a
+    local source; ``authfile`` (where a registry's credentials are looked up
+    when none are given) is ignored by local sources."""
+    if (credentials is not None or insecure) and not ref.startswith("docker://"):
+        raise UsageError(f"image reference {ref[:120]!r}: registry credentials and insecure apply to docker:// only")
     if ref.startswith("oci:"):
         from .layout import LayoutSource
 
@@ -51,5 +64,6 @@ def open_source(ref: str) -> ImageSource:
     if ref.startswith("docker://"):
         from ..registry.source import RegistrySource
 
-        return RegistrySource.from_ref(ref[len("docker://") :])
+        return RegistrySource.from_ref(ref[len("docker://") :], credentials=credentials, insecure=insecure,
+                                       authfile=authfile)
     raise UsageError(f"image reference {ref!r}: expected oci:DIR[:REF], docker-archive:FILE or docker://HOST/REPO:TAG")

@@ -1,48 +1,39 @@
-"""Registry authentication: anonymous, HTTP Basic, and the bearer-token flow
-of the distribution token spec (challenge in ``WWW-Authenticate``, token from
-``realm`` for ``service`` and ``scope``).
+"""Registry authentication: anonymous, HTTP Basic, a registry bearer token
+given as it is, and the bearer-token flow of the distribution token spec
+(challenge in ``WWW-Authenticate``, token from ``realm`` for ``service`` and
+``scope``).
 
-Credentials come from the caller or from ``$DOCKER_CONFIG/config.json``
-(default ``~/.docker/config.json``, ``auths`` entries with a base64 ``auth``
-or ``username``/``password``). Secrets are held in objects whose ``repr``
-hides them, and no message built here contains one.
+At the token service, a user name and password go as Basic on a GET; an
+identity (refresh) token goes in the OAuth2 form POST (``grant_type=
+refresh_token``), as docker sends it, and only when the service answers that
+POST with 404 or 405 (it has no OAuth2 endpoint, which the spec allows) is the
+token sent as the Basic password of a GET instead, as containerd does.
+
+Where credentials come from is :mod:`.credentials`. No message built here
+contains a secret.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import os
 import re
 import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import httpx
 
-from ..errors import AuthError, UsageError
+from ..errors import AuthError
+from ..gha.env import Secret
+from .credentials import Credentials, load_docker_credentials
 
 _PARAM = re.compile(r'([A-Za-z][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))')
 _SCHEME = re.compile(r"\s*([A-Za-z][\w-]*)\s+")
 _REPO_PATH = re.compile(r"^/v2/(.+?)/(?:manifests|blobs|tags)/")
 TOKEN_LIFETIME_DEFAULT = 60.0
 TOKEN_EXPIRY_MARGIN = 10.0
-
-
-@dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: str = field(repr=False)
-
-    def __repr__(self) -> str:
-        return f"Credentials(username={self.username!r}, password=<hidden>)"
-
-    def basic_header(self) -> str:
-        raw = f"{self.username}:{self.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
+CLIENT_ID = "transcoder"  # the OAuth2 client_id; docker sends "docker"
 
 
 @dataclass(frozen=True)
@@ -80,63 +71,14 @@ def scope_for(request: httpx.Request) -> list[str]:
     return scopes
 
 
-def docker_config_path() -> Path:
-    base = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
-    return Path(base) / "config.json"
-
-
-def _normalize_key(key: str) -> str:
-    key = re.sub(r"^[a-z]+://", "", key.strip())
-    key = key.split("/", 1)[0]
-    return "docker.io" if key in ("index.docker.io", "registry-1.docker.io") else key
-
-
-def _entry_credentials(entry: object, where: str) -> Credentials | None:
-    if not isinstance(entry, dict):
-        return None
-    if entry.get("auth"):
-        try:
-            user, sep, password = base64.b64decode(str(entry["auth"]), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-            raise UsageError(f"{where}: the 'auth' value is not base64 of user:password") from exc
-        if not sep:
-            raise UsageError(f"{where}: the 'auth' value is not base64 of user:password")
-        return Credentials(user, password)
-    if entry.get("username") and entry.get("password") is not None:
-        return Credentials(str(entry["username"]), str(entry["password"]))
-    return None
-
-
-def load_docker_credentials(host: str, path: Path | None = None) -> Credentials | None:
-    """Credentials for ``host`` from a docker config file; None if it has none.
-
-    Credential helpers (``credsStore``/``credHelpers``) are not run: only
-    inline ``auths`` entries are read."""
-    path = path or docker_config_path()
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror or exc}") from exc
-    try:
-        auths = json.loads(text).get("auths") or {}
-    except (ValueError, AttributeError) as exc:
-        raise UsageError(f"{path}: not a JSON object with 'auths'") from exc
-    wanted = _normalize_key(host)
-    for key, entry in (auths.items() if isinstance(auths, dict) else []):
-        if _normalize_key(str(key)) == wanted:
-            return _entry_credentials(entry, f"{path}: auths[{key!r}]")
-    return None
-
-
 @dataclass
 class _Token:
     value: str = field(repr=False)
     expires: float
 
 
-TokenFetcher = Callable[[str, dict[str, str | list[str]], "Credentials | None"], httpx.Response]
+# (method, realm URL, query or form fields, Basic user and password or None) -> response
+TokenFetcher = Callable[[str, str, dict[str, Any], "tuple[str, Secret] | None"], httpx.Response]
 
 
 class RegistryAuth(httpx.Auth):
@@ -145,7 +87,8 @@ class RegistryAuth(httpx.Auth):
 
     After a 401 a request is sent again with the answer to the challenge,
     unless its body was streamed (it cannot be read twice); uploads stream
-    only after an earlier request of the same scope has been answered."""
+    only after an earlier request of the same scope has been answered. A
+    registry token is sent on every request, with nothing to fall back on."""
 
     def __init__(self, host: str, credentials: Credentials | None, fetch_token: TokenFetcher) -> None:
         self.host = host
@@ -153,6 +96,7 @@ class RegistryAuth(httpx.Auth):
         self._fetch = fetch_token
         self._scheme: str | None = None
         self._tokens: dict[str, _Token] = {}
+        self._refresh = credentials.identity_token if credentials else Secret("")
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -179,8 +123,11 @@ class RegistryAuth(httpx.Auth):
         return request.url.netloc.decode("ascii", "replace") == self.host
 
     def _apply(self, request: httpx.Request, scopes: list[str]) -> None:
-        if self._scheme == "basic" and self.credentials is not None:
-            request.headers["Authorization"] = self.credentials.basic_header()
+        creds = self.credentials
+        if creds is not None and creds.registry_token:
+            request.headers["Authorization"] = f"Bearer {creds.registry_token.reveal()}"
+        elif self._scheme == "basic" and creds is not None and creds.can_basic:
+            request.headers["Authorization"] = creds.basic_header()
         elif self._scheme == "bearer":
             with self._lock:
                 token = self._tokens.get(" ".join(scopes))
@@ -189,10 +136,12 @@ class RegistryAuth(httpx.Auth):
 
     def _answer(self, challenge: Challenge, scopes: list[str]) -> bool:
         """Learn from a challenge; False when there is nothing better to send."""
+        if self.credentials is not None and self.credentials.registry_token:
+            return False
         if challenge.scheme == "basic":
             already = self._scheme == "basic"
             self._scheme = "basic"
-            return self.credentials is not None and not already
+            return self.credentials is not None and self.credentials.can_basic and not already
         realm = challenge.params.get("realm")
         if not realm:
             return False
@@ -204,28 +153,53 @@ class RegistryAuth(httpx.Auth):
         return True
 
     def fetch_token(self, realm: str, service: str | None, scopes: list[str]) -> _Token:
-        params: dict[str, str | list[str]] = {"scope": scopes} if scopes else {}
-        if service:
-            params["service"] = service
         what = f"registry {self.host}: token for {' '.join(scopes) or 'the registry'}"
         try:
-            resp = self._fetch(realm, params, self.credentials)
+            resp = self._request_token(realm, service, scopes)
         except httpx.HTTPError as exc:
             raise AuthError(f"{what}: token service unreachable ({type(exc).__name__})") from exc
-        if resp.status_code in (401, 403):
-            who = "the credentials given were rejected" if self.credentials else "anonymous access refused; give credentials"
-            raise AuthError(f"{what}: {resp.status_code} from the token service, {who}")
+        if resp.status_code in (400, 401, 403):
+            raise AuthError(f"{what}: {resp.status_code} from the token service, {self._who()}")
         if resp.status_code != 200:
             raise AuthError(f"{what}: token service answered {resp.status_code}")
         try:
             body = resp.json()
             value = body.get("token") or body.get("access_token")
             lifetime = float(body.get("expires_in") or TOKEN_LIFETIME_DEFAULT)
+            refresh = body.get("refresh_token")
         except (ValueError, AttributeError, TypeError) as exc:
             raise AuthError(f"{what}: token service sent a malformed answer") from exc
         if not isinstance(value, str) or not value:
             raise AuthError(f"{what}: token service sent no token")
+        if self._refresh and isinstance(refresh, str) and refresh:
+            self._refresh = Secret(refresh)  # the service may rotate it, as docker keeps the newest
         return _Token(value, time.monotonic() + max(1.0, lifetime - TOKEN_EXPIRY_MARGIN))
+
+    def _request_token(self, realm: str, service: str | None, scopes: list[str]) -> httpx.Response:
+        creds = self.credentials
+        refresh = self._refresh
+        if creds is not None and refresh:
+            form = {"grant_type": "refresh_token", "refresh_token": refresh.reveal(), "client_id": CLIENT_ID,
+                    "scope": " ".join(scopes), **({"service": service} if service else {})}
+            resp = self._fetch("POST", realm, form, None)
+            if resp.status_code not in (404, 405):
+                return resp
+            return self._fetch("GET", realm, self._query(service, scopes), (creds.username, refresh))
+        basic = (creds.username, creds.password) if creds is not None and creds.can_basic else None
+        return self._fetch("GET", realm, self._query(service, scopes), basic)
+
+    @staticmethod
+    def _query(service: str | None, scopes: list[str]) -> dict[str, Any]:
+        params: dict[str, Any] = {"scope": scopes} if scopes else {}
+        if service:
+            params["service"] = service
+        return params
+
+    def _who(self) -> str:
+        creds = self.credentials
+        if creds is None or not (creds.can_basic or self._refresh):
+            return "anonymous access refused; give credentials"
+        return "the identity token was rejected" if self._refresh else "the credentials given were rejected"
 
 
 __all__ = ["Challenge", "Credentials", "RegistryAuth", "load_docker_credentials", "parse_challenge", "scope_for"]

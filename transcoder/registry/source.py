@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from typing import BinaryIO
 
 import httpx
 
 from ..descriptor import INDEX_TYPES, MANIFEST_TYPES, Descriptor
 from ..errors import ManifestError, SizeMismatch
-from .auth import Credentials
 from .client import RegistryClient
+from .credentials import Credentials
 from .reference import Reference, parse_reference
 
 
@@ -24,10 +25,13 @@ class RegistrySource:
     @classmethod
     def from_ref(
         cls, text: str, *, insecure: bool = False, credentials: Credentials | None = None,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.BaseTransport | None = None, authfile: str | os.PathLike[str] | None = None,
     ) -> RegistrySource:
+        """``credentials`` win; without them, ``authfile`` or the default auth
+        files and credential helpers are asked (:mod:`.credentials`)."""
         ref = parse_reference(text)
-        client = RegistryClient(ref.api_host, insecure=insecure, credentials=credentials, transport=transport)
+        client = RegistryClient(ref.api_host, insecure=insecure, credentials=credentials, transport=transport,
+                                authfile=authfile)
         return cls(ref, client)
 
     @property

@@ -33,7 +33,9 @@ import tenacity
 
 from .. import __version__
 from ..errors import AuthError, NotFound, SinkError, TransientError
-from .auth import Credentials, RegistryAuth, load_docker_credentials
+from ..gha.env import Secret
+from .auth import RegistryAuth
+from .credentials import Credentials, load_docker_credentials
 from .reference import check_host, is_loopback
 
 ATTEMPTS = 4
@@ -118,11 +120,14 @@ class RegistryHTTP:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 60.0,
         attempts: int = ATTEMPTS,
+        authfile: str | os.PathLike[str] | None = None,
     ) -> None:
+        """Without ``credentials``, they come from ``authfile`` or the default
+        auth files and credential helpers (:mod:`.credentials`)."""
         self.host = check_host(host)
         self.insecure = insecure
         self.plain_allowed = insecure or is_loopback(host)
-        self.credentials = credentials if credentials is not None else load_docker_credentials(host)
+        self.credentials = credentials if credentials is not None else load_docker_credentials(host, authfile=authfile)
         self.attempts = attempts
         self.requests = 0  # every request sent, retries and auth round trips included
         self._auth = RegistryAuth(host, self.credentials, self._token_request)
@@ -143,9 +148,14 @@ class RegistryHTTP:
     def _count(self, request: httpx.Request) -> None:
         self.requests += 1
 
-    def _token_request(self, realm: str, params: dict[str, Any], creds: Credentials | None) -> httpx.Response:
-        auth = httpx.BasicAuth(creds.username, creds.password) if creds else None
-        return self._http.get(realm, params=params, auth=auth)
+    def _token_request(
+        self, method: str, realm: str, fields: dict[str, Any], basic: tuple[str, Secret] | None,
+    ) -> httpx.Response:
+        # httpx.Auth() sends nothing: the client's RegistryAuth must not answer for the token service.
+        auth = httpx.BasicAuth(basic[0], basic[1].reveal()) if basic else httpx.Auth()
+        if method == "POST":
+            return self._http.post(realm, data=fields, auth=auth)
+        return self._http.get(realm, params=fields, auth=auth)
 
     # -- transport ---------------------------------------------------------
 

@@ -1,5 +1,7 @@
-"""``type=registry,ref=HOST/REPO[:TAG][,mode=add|replace][,insecure=true][,username=U,password=P]``:
-an OCI registry repository as a cache sink.
+"""``type=registry,ref=HOST/REPO[:TAG][,mode=add|replace][,insecure=true][,username=U,password=P][,authfile=F]``:
+an OCI registry repository as a cache sink. Without username and password,
+credentials come from ``authfile`` or the default auth files and credential
+helpers (:mod:`transcoder.registry.credentials`).
 
 Blobs are registry blobs (streamed in by PATCH as they are produced), and
 manifests go to the manifests endpoint by digest. An image's name is its tag:
@@ -27,14 +29,14 @@ from ..descriptor import INDEX_TYPES, MAX_MANIFEST_BYTES, Descriptor
 from ..digest import Digest
 from ..errors import ManifestError, SinkError, UsageError
 from ..records import ImageRecord, VariantRecord
-from ..registry.auth import Credentials
 from ..registry.client import RegistryClient
+from ..registry.credentials import Credentials
 from ..registry.records import RepositoryRecords
 from ..registry.reference import parse_reference
 from ..registry.upload import RegistryBlobWriter
 from .base import as_digest
 
-OPTIONS = ("ref", "mode", "insecure", "username", "password")
+OPTIONS = ("ref", "mode", "insecure", "username", "password", "authfile")
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
 
 
@@ -49,13 +51,15 @@ class RegistrySink:
     def __init__(
         self, host: str, repository: str, *, tag: str | None = None, mode: str = "add", insecure: bool = False,
         credentials: Credentials | None = None, transport: httpx.BaseTransport | None = None,
+        authfile: str | None = None,
     ) -> None:
         if mode not in ("add", "replace"):
             raise UsageError(f"type=registry: option mode={mode[:20]!r} must be add or replace")
         self.repository = repository
         self.tag = tag
         self.mode = mode
-        self.client = RegistryClient(host, insecure=insecure, credentials=credentials, transport=transport)
+        self.client = RegistryClient(host, insecure=insecure, credentials=credentials, transport=transport,
+                                     authfile=authfile)
         self.host = self.client.host
         self._present: set[Digest] = set()  # blobs and manifests known to be in the repository
         self._pushed: dict[Digest, bytes] = {}  # manifests pushed by this sink, for put_image
@@ -74,7 +78,8 @@ class RegistrySink:
             raise UsageError("type=registry: give both username and password, or neither")
         creds = Credentials(opts["username"], opts["password"]) if "username" in opts else None
         return cls(ref.api_host, ref.repository, tag=ref.tag, mode=opts.get("mode", "add"),
-                   insecure=_flag(opts, "insecure"), credentials=creds, transport=transport)
+                   insecure=_flag(opts, "insecure"), credentials=creds, transport=transport,
+                   authfile=opts.get("authfile") or None)
 
     @property
     def location(self) -> str:

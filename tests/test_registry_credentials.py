@@ -1,0 +1,162 @@
+"""Credentials from docker credential helpers (``credHelpers``, ``credsStore``)
+and from the auth files docker and skopeo read, against the real registry
+with htpasswd auth. The helpers are real executables on PATH."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.registry_support import helper_calls, repo_name, write_credential_helper
+from transcoder.descriptor import OCI_CONFIG
+from transcoder.digest import Digest
+from transcoder.errors import AuthError, UsageError
+from transcoder.records import ImageRecord
+from transcoder.registry.credentials import Credentials, auth_file_paths, load_docker_credentials, server_url
+from transcoder.registry.source import RegistrySource
+from transcoder.sinks.base import put_bytes
+from transcoder.sinks.registry import RegistrySink
+
+pytestmark = pytest.mark.peers
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private docker config dir, no other auth file, and a bin dir first on PATH."""
+    for var in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path
+
+
+def docker_config(home: Path, config: dict[str, Any]) -> None:
+    (home / "config.json").write_text(json.dumps(config))
+
+
+def push_and_pull(host: str, authfile: Path | None = None) -> None:
+    """Push a small image with the credentials found, and read it back."""
+    repo = repo_name()
+    sink = RegistrySink(host, repo, authfile=str(authfile) if authfile else None)
+    config = put_bytes(sink, b'{"rootfs": {"type": "layers", "diff_ids": []}}', OCI_CONFIG)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": config.to_json(), "layers": []}).encode()
+    desc = sink.put_manifest(manifest, "application/vnd.oci.image.manifest.v1+json")
+    sink.put_image(ImageRecord("v1", desc))
+    sink.close()
+    with RegistrySource.from_ref(f"{host}/{repo}:v1", authfile=authfile) as src:
+        root, _ = src.resolve()
+        assert root.digest == Digest.of(manifest) and src.get_manifest(root) == manifest
+
+
+def test_cred_helpers_name_the_helper_per_registry(registry_auth: Any, home: Path) -> None:
+    log = write_credential_helper(home / "bin", "pass", {registry_auth.host: (registry_auth.username,
+                                                                             registry_auth.password)})
+    other = write_credential_helper(home / "bin", "other", fail="must not be asked")
+    docker_config(home, {"credHelpers": {registry_auth.host: "pass"}, "credsStore": "other"})
+    push_and_pull(registry_auth.host)
+    calls = helper_calls(log)
+    assert calls and all(c == {"argv": ["get"], "stdin": registry_auth.host} for c in calls)
+    assert helper_calls(other) == []
+
+
+def test_creds_store_is_the_default_helper(registry_auth: Any, home: Path) -> None:
+    log = write_credential_helper(home / "bin", "store", {registry_auth.host: (registry_auth.username,
+                                                                              registry_auth.password)})
+    # What `docker login` leaves behind with a credsStore: an empty auths entry.
+    docker_config(home, {"auths": {registry_auth.host: {}}, "credsStore": "store"})
+    push_and_pull(registry_auth.host)
+    assert helper_calls(log)[0] == {"argv": ["get"], "stdin": registry_auth.host}
+
+
+def test_helper_without_credentials_means_anonymous(registry_auth: Any, home: Path) -> None:
+    log = write_credential_helper(home / "bin", "empty", {})
+    docker_config(home, {"credsStore": "empty"})
+    repo = repo_name()
+    with pytest.raises(AuthError) as err:
+        RegistrySource.from_ref(f"{registry_auth.host}/{repo}:v1").resolve()
+    assert "401" in str(err.value) and "no credentials given" in str(err.value) and repo in str(err.value)
+    assert helper_calls(log) == [{"argv": ["get"], "stdin": registry_auth.host}]
+
+
+def test_missing_helper_is_one_clear_error(registry_auth: Any, home: Path) -> None:
+    docker_config(home, {"credHelpers": {registry_auth.host: "absent-7c2"}})
+    with pytest.raises(AuthError) as err:
+        RegistrySource.from_ref(f"{registry_auth.host}/{repo_name()}:v1")
+    message = str(err.value)
+    assert "\n" not in message and registry_auth.host in message
+    assert "docker-credential-absent-7c2" in message and "not found on PATH" in message and "credHelpers" in message
+
+
+def test_failing_helper_is_one_clear_error(registry_auth: Any, home: Path) -> None:
+    write_credential_helper(home / "bin", "locked", fail="error: the keychain is locked")
+    docker_config(home, {"credsStore": "locked"})
+    with pytest.raises(AuthError) as err:
+        RegistrySink(registry_auth.host, repo_name())
+    message = str(err.value)
+    assert "\n" not in message and registry_auth.host in message and "docker-credential-locked" in message
+    assert "exit status 3" in message and "keychain is locked" in message
+
+
+def test_helper_with_wrong_secret_is_rejected_without_showing_it(registry_auth: Any, home: Path) -> None:
+    write_credential_helper(home / "bin", "stale", {registry_auth.host: (registry_auth.username, "stale-secret-e41")})
+    docker_config(home, {"credsStore": "stale"})
+    sink = RegistrySink(registry_auth.host, repo_name())
+    assert "stale-secret" not in repr(sink.client) + repr(sink.client.credentials) + repr(sink.client._auth)
+    with pytest.raises(AuthError) as err:
+        put_bytes(sink, b"data", OCI_CONFIG)
+    assert "401" in str(err.value) and "rejected" in str(err.value) and "stale-secret" not in str(err.value)
+    sink.close()
+
+
+def test_helper_answers_read_as_docker_does(home: Path) -> None:
+    write_credential_helper(home / "bin", "h", {
+        "https://index.docker.io/v1/": ("hub-user", "hub-pw"), "r.example.com": ("<token>", "identity-t0k"),
+    })
+    docker_config(home, {"credsStore": "h"})
+    assert load_docker_credentials("registry-1.docker.io") == Credentials("hub-user", "hub-pw")
+    token = load_docker_credentials("r.example.com")
+    assert token == Credentials.from_identity_token("identity-t0k") and not (token and token.can_basic)
+    assert "identity-t0k" not in repr(token)
+    assert server_url("docker.io") == "https://index.docker.io/v1/" and server_url("h:5000") == "h:5000"
+
+
+def test_containers_auth_files(registry_auth: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """skopeo's order: REGISTRY_AUTH_FILE (or --authfile) alone, else
+    $XDG_RUNTIME_DIR/containers/auth.json before docker's config.json."""
+    good = {"auths": {registry_auth.host: {"auth": base64.b64encode(
+        f"{registry_auth.username}:{registry_auth.password}".encode()).decode()}}}
+    docker_config(home, {"auths": {registry_auth.host: {"username": "nobody", "password": "wrong-pw-991"}}})
+    runtime = home / "run"
+    (runtime / "containers").mkdir(parents=True)
+    (runtime / "containers" / "auth.json").write_text(json.dumps(good))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert auth_file_paths()[0] == runtime / "containers" / "auth.json"
+    push_and_pull(registry_auth.host)
+
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    (home / "elsewhere.json").write_text(json.dumps(good))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(home / "elsewhere.json"))
+    assert auth_file_paths() == [home / "elsewhere.json"]
+    push_and_pull(registry_auth.host)
+    monkeypatch.delenv("REGISTRY_AUTH_FILE")
+    push_and_pull(registry_auth.host, authfile=home / "elsewhere.json")
+    with pytest.raises(UsageError, match="no such file"):
+        RegistrySource.from_ref(f"{registry_auth.host}/a:v1", authfile=home / "missing.json")
+
+
+def test_sink_option_authfile(registry_auth: Any, home: Path) -> None:
+    path = home / "auth.json"
+    path.write_text(json.dumps({"auths": {registry_auth.host: {
+        "username": registry_auth.username, "password": registry_auth.password}}}))
+    sink = RegistrySink.from_options({"ref": f"{registry_auth.host}/{repo_name()}", "authfile": str(path)})
+    assert sink.client.credentials == Credentials(registry_auth.username, registry_auth.password)
+    assert put_bytes(sink, b"config", OCI_CONFIG).size == 6
+    sink.close()
