@@ -40,7 +40,35 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--jobs", type=int, default=2, help="image mode: layers transcoded at once (default %(default)s)")
     p.add_argument("--no-table", action="store_true", help="do not consult or update the variant table")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    _registry_arguments(p)
     p.set_defaults(func=run)
+
+
+def _registry_arguments(p: argparse.ArgumentParser) -> None:
+    reg = p.add_argument_group(
+        "registry access", "For a docker:// SRC, and --authfile also for a type=registry sink (whose own options are "
+        "username=, password=, insecure=, authfile=). Without credentials, they come from the auth file and the "
+        "credential helpers it names (credHelpers, credsStore), as docker and skopeo find them.")
+    reg.add_argument("--src-creds", metavar="USER[:PASSWORD]",
+                     help="credentials for the SRC registry; without :PASSWORD it is asked for on the terminal")
+    reg.add_argument("--src-registry-token", metavar="TOKEN",
+                     help="a bearer token sent as it is to the SRC registry (instead of --src-creds)")
+    reg.add_argument("--src-tls-verify", metavar="BOOL", type=cli_bool, nargs="?", const=True, default=True,
+                     help="require HTTPS with a verified certificate from the SRC registry (default true); "
+                     "--src-tls-verify=false allows plain HTTP and unverified TLS, like docker's insecure registries "
+                     "(plain HTTP is always allowed for a loopback host)")
+    reg.add_argument("--src-insecure", action="store_true", help="the same as --src-tls-verify=false")
+    reg.add_argument("--authfile", metavar="PATH",
+                     help="auth file (docker config.json or containers auth.json format) for SRC and sink; default: "
+                     "$REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json, "
+                     "~/.config/containers/auth.json and $DOCKER_CONFIG/config.json (~/.docker/config.json)")
+
+
+def cli_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "1", "yes", "false", "0", "no"):
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not true or false")
+    return value in ("true", "1", "yes")
 
 
 def _common(args: argparse.Namespace) -> tuple[ZstdParams, Digest | None, int | None]:
@@ -61,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         from .convert_image import run_image
 
         return run_image(args, params, max_size)
+    if args.src_creds or args.src_registry_token or args.src_insecure or not args.src_tls_verify:
+        raise UsageError("convert: --src-creds, --src-registry-token and --src-tls-verify are for a docker:// SRC")
     if not args.output:
         raise UsageError("convert: -o OUT is required for a blob (or use --to SINK with an image reference)")
     table = None if args.no_table else VariantTable()

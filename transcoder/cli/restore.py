@@ -6,8 +6,7 @@ import argparse
 
 from ..errors import UsageError
 from ..images.restore import restore
-from ..sinks import open_sink
-from .output import emit_json, with_sink
+from .output import emit_json, open_cli_sink, with_sink
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-o", "--output", required=True, metavar="oci:DIR", help="destination OCI layout")
     p.add_argument("--compression", choices=["zstd", "gzip"], default="zstd", help="which variant to restore")
     p.add_argument("--tag", help="name in the destination (default: IMAGE)")
+    p.add_argument("--authfile", metavar="PATH",
+                   help="auth file for a type=registry SINK (docker config.json or containers auth.json format)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.output.startswith("oci:"):
         raise UsageError(f"-o {args.output!r}: expected oci:DIR")
     dest = args.output[4:]
-    sink = open_sink(args.sink)
+    sink = open_cli_sink(args.sink, args.authfile)
     result = with_sink(sink, lambda: restore(sink, args.image, dest, args.compression, args.tag))
     if result is None:
         return 0

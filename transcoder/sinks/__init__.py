@@ -29,7 +29,9 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, value = part.partition("=")
         if not sep or not key:
-            raise UsageError(f"sink spec {spec.split(',')[0]!r}...: {part.split('=')[0]!r} is not key=value")
+            # Never echo the part: it may be the tail of a password that held a comma.
+            after = f" after option {list(opts)[-1]!r}" if opts else ""
+            raise UsageError(f"sink spec: a part{after} is not key=value (values cannot contain commas)")
         if key in opts:
             raise UsageError(f"sink spec: option {key!r} given twice")
         opts[key] = value
