@@ -1,13 +1,14 @@
 """The one streaming pipeline: source blob -> decoded tar -> zstd -> writer.
 
 Three kinds of thread. The decode thread reads the source, hashes it, decodes
-it (ISA-L for gzip), hashes the tar (the diffID) while the piece is still in
-cache and cuts it into frames; ``workers`` encoder threads compress whole
-frames (``codecs.framepool``); the calling thread takes the frames in order and
-hands them to the writer, which hashes what it is given. Every heavy call
-releases the GIL, so the stages overlap on all cores; decoding is the one
-serial stage, so it carries no more than it must. Memory is bounded by the
-frames in flight (two per worker) whatever the layer size. The output is
+it (ISA-L for gzip) and cuts the tar into frames; ``workers - 1`` encoder
+threads and the decode thread itself, when it is ahead, compress whole frames
+(``codecs.framepool``); the calling thread takes the frames in order, hashes
+the tar (the diffID) and hands the compressed frames to the writer, which
+hashes what it is given. Every heavy call releases the GIL, so the stages
+overlap on all cores; decoding is the one serial stage, so it carries no more
+than it must. Memory is bounded by the frames in flight (two per worker)
+whatever the layer size. The output is
 committed only after the source digest, the size bound and the output digest
 have all been checked.
 """
@@ -113,7 +114,6 @@ class _Decoded:
 
     fmt: Format = Format.UNKNOWN
     tar_size: int = 0
-    diff_id: Digest | None = None
 
 
 def _decoded_chunks(src: _SourceReader, fmt: Format, name: str) -> Iterator[bytes]:
@@ -138,15 +138,12 @@ def _decode_thread(src: _SourceReader, name: str, max_size: int | None, pool: Fr
     """Producer: always ends the pool's stream, with ``close`` or ``fail``."""
     try:
         info.fmt, chunks = _open_decoder(src, name)
-        tar_hash = hashlib.sha256()
         for chunk in chunks:
             info.tar_size += len(chunk)
             if max_size is not None and info.tar_size > max_size:
                 raise SizeLimitExceeded(f"{name}: decoded size exceeds --max-size {max_size} bytes")
             crashpoint("decode")
-            tar_hash.update(chunk)
             pool.add(chunk)
-        info.diff_id = Digest.from_hasher(tar_hash)
         pool.close()
     except BaseException as exc:
         pool.fail(exc)
@@ -189,10 +186,8 @@ def transcode_stream(
         thread = threading.Thread(target=_decode_thread, args=(src, name, max_size, pool, info), daemon=True)
         thread.start()
         try:
-            target = _write_frames(pool, writer)
+            target, diff_id = _write_frames(pool, writer)
             thread.join()
-            diff_id = info.diff_id
-            assert diff_id is not None  # the frames ended with close(), not fail()
             source_digest = _check_source(src, name, expect, expect_size)
             writer.commit(target.size, target.digest)
             if tee is not None:
@@ -208,13 +203,19 @@ def transcode_stream(
     return TranscodeResult(source, target, diff_id, params, noop=noop, seconds=time.perf_counter() - started)
 
 
-def _write_frames(pool: FramePool, writer: BlobWriter) -> Descriptor:
-    """Consumer: the frames, in order, into ``writer``; returns the output's descriptor."""
+def _write_frames(pool: FramePool, writer: BlobWriter) -> tuple[Descriptor, Digest]:
+    """Consumer: the frames, in order, into ``writer``; returns the output's descriptor and the diffID.
+
+    The tar is hashed here, a frame at a time, rather than in the decode
+    thread: decoding is the one serial stage, and this thread has time.
+    """
     out = StreamDigest(writer)
-    for frame in pool.frames():
-        out.update(frame)
-        writer.write(frame)
-    return Descriptor(OCI_LAYER_ZSTD, out.value(), out.size)
+    tar_hash = hashlib.sha256()
+    for frame, compressed in pool.frames():
+        tar_hash.update(frame)
+        out.update(compressed)
+        writer.write(compressed)
+    return Descriptor(OCI_LAYER_ZSTD, out.value(), out.size), Digest.from_hasher(tar_hash)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 ``FramePool.add`` takes decoded tar pieces of any size, cuts them at every
 ``FRAME_SIZE`` bytes of the stream and queues each whole frame for
-compression; ``frames`` yields the compressed frames in stream order. Where
+compression; ``frames`` yields each frame and its compressed form in stream
+order. Where
 the cuts fall depends on the tar only, never on how it arrived or which
 thread compressed it, so the output is deterministic (see ``zstd``).
 
@@ -86,7 +87,7 @@ class FramePool:
         self._parts, self._room = [], self._frame_size
         self._submitted += 1
         future: Future[bytes] = Future()
-        self._ready.put(future)  # blocks while too many frames are in flight
+        self._ready.put((frame, future))  # blocks while too many frames are in flight
         with self._cond:
             self._waiting.append((frame, future))
             self._cond.notify()
@@ -122,16 +123,16 @@ class FramePool:
 
     # -- consumer side -----------------------------------------------------
 
-    def frames(self) -> Iterator[bytes]:
-        """Compressed frames in stream order, until ``close`` (or the producer's error)."""
+    def frames(self) -> Iterator[tuple[bytes, bytes]]:
+        """(frame, compressed frame) in stream order, until ``close`` (or the producer's error)."""
         while True:
             item = self._ready.get()
             if item is _END:
                 return
             if isinstance(item, BaseException):
                 raise item
-            future: Future[bytes] = item
-            yield future.result()
+            frame, future = item
+            yield frame, future.result()
 
     def cancel(self, producer: threading.Thread) -> None:
         """The consumer failed: stop ``producer`` (its next ``add`` raises) and drop queued frames."""
@@ -147,8 +148,8 @@ class FramePool:
             item = self._ready.get(timeout=timeout) if timeout else self._ready.get_nowait()
         except queue.Empty:
             return False
-        if isinstance(item, Future):
-            item.cancel()
+        if isinstance(item, tuple):
+            item[1].cancel()
         return True
 
     def __enter__(self) -> FramePool:
