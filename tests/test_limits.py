@@ -14,11 +14,16 @@ import sys
 import tarfile
 import threading
 import time
+import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.imagegen import make_tar, write_layout
+from tests.trickleproxy import TrickleProxy
 
 MiB = 1 << 20
 # VmHWM (peak RSS of this address space), not ru_maxrss: Linux carries
@@ -178,3 +183,167 @@ def test_endless_and_trickling_manifests_are_stopped(mode: str, monkeypatch: pyt
     assert "\n" not in message and f"127.0.0.1:{server.port}" in message
     assert ("over the 4194304 byte limit" in message) if mode == "endless" else ("too slow" in message)
     assert time.monotonic() - started < 30
+
+
+# --- slow-loris in front of every client's real peer: whole-response deadlines ---------------------------------
+
+TRICKLE = 0.5  # seconds between bytes
+BOUND = 2.0  # the deadline the clients are given here
+
+
+def _stopped_in_time(call: Callable[[], object], *names: str) -> tuple[float, int]:
+    """``call`` must fail with one line naming ``names`` and the cause, soon after BOUND;
+    returns (seconds taken, peak bytes allocated by Python meanwhile)."""
+    from transcoder.errors import TranscoderError
+
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(TranscoderError) as info:
+            call()
+    finally:
+        took = time.monotonic() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    message = str(info.value)
+    assert "\n" not in message and "over the deadline" in message and "too slow" in message, message
+    assert all(name in message for name in names), message
+    assert BOUND <= took < BOUND + 3 * TRICKLE + 1.0, f"{took:.1f} s: {message}"
+    assert peak < 8 * MiB, f"peak {peak} bytes"  # a 4 MiB document limit and a 1 MiB read buffer at most
+    print(f"\nslow-loris stopped after {took:.2f} s, peak Python memory {peak / 1024:.0f} KiB: {message}")
+    return took, peak
+
+
+@pytest.fixture
+def gha_emulator() -> Iterator[Any]:
+    from transcoder.gha.emulator import Emulator
+
+    with Emulator(visibility_delay=0) as emu:
+        yield emu
+
+
+def _gha_client(emu: Any, protocol: int, base: str | None = None, **deadlines: float) -> Any:
+    from transcoder.gha import config_from, open_client
+    from transcoder.gha.retry import Deadlines, RetryPolicy, UploadRateLimiter
+
+    env = emu.env(v2=protocol == 2)
+    if base is not None:
+        env = {k: v.replace(emu.results_url.rstrip("/"), base) if k.endswith("_URL") else v for k, v in env.items()}
+    policy = RetryPolicy(30.0, initial=0.05, max_wait=0.5, deadlines=Deadlines(**deadlines))
+    return open_client(config_from({"timeout": "30"}, env), policy=policy, limiter=UploadRateLimiter(10_000))
+
+
+def _gha_save(client: Any, key: str, data: bytes) -> None:
+    upload = client.reserve(key, "v-limits")
+    upload.write(data)
+    upload.finish(len(data))
+
+
+@pytest.mark.parametrize("protocol", [2, 1], ids=["twirp", "rest"])
+def test_gha_trickling_answer_is_stopped(protocol: int, gha_emulator: Any) -> None:
+    direct = _gha_client(gha_emulator, protocol)
+    _gha_save(direct, "slow-answer", b"x" * 1000)
+    assert direct.wait_visible("slow-answer", "v-limits")
+    match = b"GetCacheEntryDownloadURL" if protocol == 2 else b"/_apis/artifactcache/cache?"
+    with TrickleProxy(gha_emulator.results_url, match=match, interval=TRICKLE) as proxy:
+        client = _gha_client(gha_emulator, protocol, proxy.url, answer=BOUND)
+        try:
+            _stopped_in_time(lambda: client.lookup("slow-answer", "v-limits"), "lookup slow-answer")
+        finally:
+            client.close()
+    assert proxy.trickled
+
+
+def test_gha_trickling_download_is_stopped(gha_emulator: Any) -> None:
+    from transcoder.gha import Secret
+
+    direct = _gha_client(gha_emulator, 2)
+    _gha_save(direct, "slow-blob", bytes(range(256)) * 1024)
+    entry = direct.lookup("slow-blob", "v-limits", exact=True)
+    netloc = urlsplit(entry.url.reveal()).netloc
+    with TrickleProxy(f"http://{netloc}", match=urlsplit(entry.url.reveal()).path.encode(), interval=TRICKLE) as proxy:
+        client = _gha_client(gha_emulator, 2, allowance=BOUND, min_rate=64 << 10)
+        slow = type(entry)(entry.key, entry.version, Secret(entry.url.reveal().replace(netloc, proxy.url[7:])))
+        try:
+            _stopped_in_time(lambda: client.open(slow, 0, 256 * 1024).read(), "cache entry slow-blob")
+        finally:
+            client.close()
+
+
+def test_gha_slow_but_healthy_download_passes(gha_emulator: Any) -> None:
+    """The download deadline grows with the bytes received: 8 MiB at about 3 MiB/s take
+    longer than the allowance and still pass; a fixed total would have failed them."""
+    from tests.faultproxy import Fault, FaultProxy
+    from transcoder.gha import Secret
+
+    data = hashlib.sha256(b"seed").digest() * (8 * MiB // 32)
+    direct = _gha_client(gha_emulator, 2)
+    _gha_save(direct, "slow-healthy", data)
+    entry = direct.lookup("slow-healthy", "v-limits", exact=True)
+    netloc = urlsplit(entry.url.reveal()).netloc
+    with FaultProxy(f"http://{netloc}") as proxy:
+        proxy.schedule(Fault.delay(0.02, direction="down"), connections=None)
+        client = _gha_client(gha_emulator, 2, allowance=1.0, min_rate=1 * MiB)
+        slow = type(entry)(entry.key, entry.version, Secret(entry.url.reveal().replace(netloc, proxy.url[7:].rstrip("/"))))
+        started = time.monotonic()
+        try:
+            with client.open(slow, 0, len(data)) as f:
+                assert f.read() == data
+        finally:
+            client.close()
+    took = time.monotonic() - started
+    print(f"\n8 MiB through a slowed link in {took:.1f} s with a 1 s allowance plus 1 s per MiB")
+    assert took > 1.0
+
+
+def _object_sink_reads(spec_for: Callable[[str], str], upstream: str, prefix: str, what: str) -> None:
+    """Through a slow-loris, a record and a manifest read from the sink each fail in time."""
+    from transcoder.codecs import ZstdParams
+    from transcoder.descriptor import OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor
+    from transcoder.digest import Digest
+    from transcoder.records import VariantRecord
+    from transcoder.sinks import open_sink
+
+    direct = open_sink(spec_for(upstream))
+    try:
+        manifest = direct.put_manifest(b'{"schemaVersion":2,"layers":[]}' + b" " * 50_000,
+                                       "application/vnd.oci.image.manifest.v1+json")
+        source = Descriptor(OCI_LAYER_GZIP, Digest.of(prefix.encode()), 10)
+        target = Descriptor(OCI_LAYER_ZSTD, Digest.of(b"target"), 6)
+        direct.put_variant(VariantRecord(source, Digest.of(b"tar"), target, ZstdParams(3)))
+    finally:
+        direct.close()
+    reads: list[tuple[bytes, Callable[[Any], object], str]] = [
+        (f"{prefix}/blobs/sha256/{manifest.digest.hex}".encode(), lambda s: s.get_manifest(manifest),
+         f"manifest {manifest.digest}"),
+        (f"{prefix}/variants/".encode(), lambda s: s.find_variants(source.digest), f"record {prefix}/variants/"),
+    ]
+    for match, read, named in reads:
+        with TrickleProxy(upstream, match=match, interval=TRICKLE) as proxy:
+            sink = open_sink(spec_for(proxy.url))
+            sink.read_deadline = BOUND  # type: ignore[attr-defined]
+            try:
+                _stopped_in_time(lambda: read(sink), named, what)  # noqa: B023
+            finally:
+                sink.close()
+        assert proxy.trickled
+
+
+@pytest.mark.peers
+def test_s3_trickling_reads_are_stopped(moto_s3: Any) -> None:
+    from tests.sink_contract import S3_KEY_ID, S3_REGION, new_bucket
+
+    bucket = new_bucket(moto_s3.endpoint_url)
+    _object_sink_reads(lambda url: (f"type=s3,bucket={bucket},region={S3_REGION},endpoint_url={url},prefix=slow,"
+                                    f"access_key_id={S3_KEY_ID},secret_access_key=slow-test"),
+                       moto_s3.endpoint_url, "slow", f"s3:{bucket}/slow")
+
+
+@pytest.mark.peers
+def test_azblob_trickling_reads_are_stopped(azurite: Any) -> None:
+    from tests.sink_contract import new_container
+
+    container = new_container(azurite.connection_string)
+    upstream = "http://" + urlsplit(azurite.blob_endpoint).netloc
+    _object_sink_reads(lambda url: (f"type=azblob,account_url={url}/{azurite.account},name={container},prefix=slow,"
+                                    f"account_key={azurite.key}"), upstream, "slow", f"/{container}/slow")

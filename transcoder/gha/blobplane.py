@@ -9,6 +9,9 @@ collide with another's.
 Download (v1 and v2): one streamed ranged GET for the range asked for; if the
 stream breaks it is resumed from where it stopped, and a 401/403 (the signed
 URL expired, ~10 minutes on github.com) asks the service for a fresh URL.
+Each ranged GET has a deadline that grows with the bytes received (the
+policy's :class:`~transcoder.gha.retry.Deadlines`): a trickling server fails
+it, a big healthy download does not.
 
 Signed URLs are credentials: they are held as :class:`Secret` and every
 message shows them through :func:`redact_url` only.
@@ -24,10 +27,11 @@ from xml.sax.saxutils import escape
 
 import httpx
 
+from ..deadline import Deadline, socket_of
 from ..errors import AuthError, NotFound, SinkError, TransientError
 from .chunks import Chunk, ChunkPipe
 from .env import Secret, redact_url, scrub
-from .retry import RetryPolicy, is_retryable_status, retry_after, transport_error
+from .retry import RetryPolicy, answer, is_retryable_status, retry_after, transport_error
 
 MS_VERSION = "2024-11-04"
 DEFAULT_BLOCK = 4 << 20  # x DEFAULT_IN_FLIGHT: the memory an upload may hold; 50,000 blocks = 195 GiB
@@ -96,7 +100,8 @@ class BlockUpload:
         def attempt() -> None:
             self.requests += 1
             try:
-                resp = self._http.put(url, content=pieces(body), headers=hdrs)
+                request = self._http.build_request("PUT", url, content=pieces(body), headers=hdrs)
+                resp = answer(self._http, request, what, self._policy.deadlines.answer)
             except httpx.TransportError as exc:
                 raise transport_error(exc, what) from exc
             check_blob_response(resp, what, (200, 201))
@@ -169,6 +174,7 @@ class RangedReader(io.RawIOBase):
         self.what = what
         self._resp: httpx.Response | None = None
         self._iter: Iterator[bytes] | None = None
+        self._deadline: Deadline | None = None
         self._left = b""
         self.requests = 0
 
@@ -193,11 +199,19 @@ class RangedReader(io.RawIOBase):
         if self._iter is None:
             self._open()
         assert self._iter is not None
+        deadline = self._deadline
         try:
             piece = next(self._iter, b"")
+            if deadline is not None and piece:
+                deadline.feed(len(piece))
         except httpx.TransportError as exc:
             self._drop()
+            if deadline is not None and deadline.expired():
+                raise deadline.error() from exc
             raise transport_error(exc, self.what) from exc
+        except SinkError:
+            self._drop()
+            raise
         if not piece and self.pos >= self.end:
             return b""
         if not piece:
@@ -209,6 +223,7 @@ class RangedReader(io.RawIOBase):
         req = self._http.build_request("GET", self._url.reveal(), headers={
             "x-ms-version": MS_VERSION, "range": f"bytes={self.pos}-{self.end - 1}"})
         self.requests += 1
+        deadline = self._policy.deadlines.download(self.what)
         try:
             resp = self._http.send(req, stream=True)
         except httpx.TransportError as exc:
@@ -229,7 +244,8 @@ class RangedReader(io.RawIOBase):
             resp.close()
             raise SinkError(f"{self.what}: the blob store ignored the Range header")
         self.end = min(self.end, self._total(resp))
-        self._resp, self._iter = resp, resp.iter_raw(1 << 20)
+        self._resp, self._iter, self._deadline = resp, resp.iter_raw(), deadline
+        deadline.attach(socket_of(resp))
 
     def _total(self, resp: httpx.Response) -> int:
         """The blob's length from Content-Range (206) or Content-Length (200)."""
@@ -240,9 +256,11 @@ class RangedReader(io.RawIOBase):
         return int(length) if length.isdigit() else self.end
 
     def _drop(self) -> None:
+        if self._deadline is not None:
+            self._deadline.detach()
         if self._resp is not None:
             self._resp.close()
-        self._resp, self._iter = None, None
+        self._resp, self._iter, self._deadline = None, None, None
 
     def close(self) -> None:
         self._drop()

@@ -11,6 +11,9 @@ off exponentially with jitter, capped. The budget is per call, as BuildKit's
 The service allows 200 entry uploads per minute per repository and answers
 429 beyond that; :class:`UploadRateLimiter` keeps this process under its own
 share without waiting for the server to push back.
+
+Retries bound attempts; :class:`Deadlines` bound each response, so that a
+server trickling bytes cannot hold a call forever (:mod:`transcoder.deadline`).
 """
 
 from __future__ import annotations
@@ -21,16 +24,33 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
 import tenacity
 
+from ..deadline import Deadline, read_bounded, socket_of
 from ..errors import SinkError, TransientError
 
 T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 DEFAULT_UPLOADS_PER_MINUTE = 150
+MAX_ANSWER = 1 << 20  # JSON answers and blob-plane replies are small
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Whole-response bounds: a small answer (JSON, a blob-plane reply) within
+    ``answer`` seconds; a download range within ``allowance`` seconds plus one
+    second per ``min_rate`` bytes received, so big healthy downloads pass."""
+
+    answer: float = 60.0
+    allowance: float = 60.0
+    min_rate: float = 64 << 10
+
+    def download(self, what: str) -> Deadline:
+        return Deadline(what, self.allowance, min_rate=self.min_rate)
 
 
 def retry_after(resp: httpx.Response) -> float | None:
@@ -58,9 +78,10 @@ class RetryPolicy:
 
     def __init__(
         self, timeout: float, *, max_attempts: int = 8, initial: float = 0.5, max_wait: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = time.sleep, deadlines: Deadlines | None = None,
     ) -> None:
         self.timeout = timeout
+        self.deadlines = deadlines or Deadlines()
         self.max_attempts = max_attempts
         self.initial = initial
         self.max_wait = max_wait
@@ -132,6 +153,27 @@ def send_tracked(send: Callable[[], httpx.Response], what: str, state: dict[str,
     if state is not None and resp.status_code >= 500:
         state["ambiguous"] = True
     return resp
+
+
+def answer(http: httpx.Client, request: httpx.Request, what: str, seconds: float) -> httpx.Response:
+    """Send ``request`` and read its answer whole, within ``seconds`` of sending and
+    at most MAX_ANSWER bytes; returns the answer loaded (``.content`` works)."""
+    deadline = Deadline(f"{what}: answer", seconds)
+    resp = http.send(request, stream=True)
+    deadline.attach(socket_of(resp))
+    try:
+        body = read_bounded(resp.iter_bytes(), MAX_ANSWER, deadline)
+    except httpx.TransportError as exc:
+        if deadline.expired():
+            raise deadline.error() from exc
+        raise
+    finally:
+        deadline.detach()
+        resp.close()
+    # The body is decoded already: drop the headers that describe its wire form.
+    headers = [(k, v) for k, v in resp.headers.multi_items()
+               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    return httpx.Response(resp.status_code, headers=headers, content=body, request=request)
 
 
 class UploadRateLimiter:

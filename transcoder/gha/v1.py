@@ -21,7 +21,7 @@ from .blobplane import pieces
 from .chunks import Chunk, ChunkPipe
 from .client import CacheClient, CacheEntry, EntryUpload
 from .env import Secret, scrub
-from .retry import is_retryable_status, retry_after, send_tracked
+from .retry import answer, is_retryable_status, retry_after, send_tracked
 
 ACCEPT = "application/json;api-version=6.0-preview.1"
 
@@ -42,8 +42,8 @@ class RestClient(CacheClient):
             self.count(f"{method} {path.split('/')[0].split('?')[0]}")
             if body is not None:  # a fresh iterator for every attempt
                 kwargs["content"] = pieces(body)
-            resp = send_tracked(lambda: self.http.request(method, self.base + path, headers=headers, **kwargs),
-                                what, state)
+            request = self.http.build_request(method, self.base + path, headers=headers, **kwargs)
+            resp = send_tracked(lambda: answer(self.http, request, what, self.policy.deadlines.answer), what, state)
             if resp.status_code >= 300:
                 raise self._error(resp, what)
             return resp

@@ -23,7 +23,7 @@ from ..errors import AuthError, Conflict, SinkError, TransientError
 from .blobplane import BlockUpload
 from .client import CacheClient, CacheEntry, EntryUpload
 from .env import Secret, scrub
-from .retry import is_retryable_status, retry_after, send_tracked
+from .retry import answer, is_retryable_status, retry_after, send_tracked
 
 SERVICE = "github.actions.results.api.v1.CacheService"
 
@@ -36,7 +36,8 @@ class TwirpClient(CacheClient):
 
         def attempt() -> dict[str, Any]:
             self.count(method)
-            resp = send_tracked(lambda: self.http.post(url, json=body, headers=self.auth), what, state)
+            request = self.http.build_request("POST", url, json=body, headers=self.auth)
+            resp = send_tracked(lambda: answer(self.http, request, what, self.policy.deadlines.answer), what, state)
             return self._decode(resp, what)
 
         return self.policy.call(attempt, what)

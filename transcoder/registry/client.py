@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -18,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ..deadline import Deadline, read_bounded, socket_of
 from ..descriptor import DOCKER_LIST, DOCKER_MANIFEST, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, Descriptor
 from ..digest import Digest, is_digest
 from ..errors import AuthError, DigestMismatch, ManifestError, NotFound, SinkError, TransientError
@@ -90,15 +90,16 @@ class RegistryClient(RegistryHTTP):
         length = resp.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
             raise ManifestError(f"{what}: {length} bytes is over the {limit} byte limit")
-        data = bytearray()
-        deadline = time.monotonic() + self.read_deadline
-        for chunk in resp.iter_bytes():
-            data += chunk
-            if len(data) > limit:
-                raise ManifestError(f"{what}: over the {limit} byte limit")
-            if time.monotonic() > deadline:
-                raise SinkError(f"{what}: {len(data)} bytes in {self.read_deadline:.0f} s; the registry is too slow")
-        return bytes(data)
+        deadline = Deadline(what, self.read_deadline)
+        deadline.attach(socket_of(resp))
+        try:
+            return read_bounded(resp.iter_bytes(), limit, deadline)
+        except httpx.TransportError as exc:
+            if deadline.expired():
+                raise deadline.error() from exc
+            raise
+        finally:
+            deadline.detach()
 
     def head_manifest(self, repo: str, ref: str | Digest) -> Descriptor | None:
         try:

@@ -34,6 +34,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ExponentialRetry
 
+from ..deadline import Deadline, socket_of
 from ..errors import AuthError, NotFound, SinkError, TranscoderError, TransientError, UsageError
 from .objectstore import ObjectReader, ObjectSink, buffered
 from .options import Tuning, check_known, int_option, prefix_option, tuning_options
@@ -119,6 +120,18 @@ def _code(exc: BaseException) -> str:
     return str(getattr(code, "value", code))
 
 
+def _watch(deadline: Deadline) -> Callable[[Any], None]:
+    """A response hook: the SDK reads a whole chunk inside one call, so the
+    deadline must be able to cut each response's socket (and stop the SDK's retries)."""
+
+    def hook(response: Any) -> None:
+        if deadline.expired():
+            raise deadline.error()
+        deadline.attach(socket_of(getattr(response.http_response, "internal_response", None)))
+
+    return hook
+
+
 def _block_id(token: str, number: int) -> str:
     # Every block id of a blob must have the same length; the token keeps writers' blocks apart.
     return base64.b64encode(f"{token}-{number:08d}".encode()).decode()
@@ -199,19 +212,23 @@ class _AzStore:
                 return None
         return props
 
-    def get(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+    def get(self, key: str, offset: int = 0, length: int | None = None, *,
+            deadline: Deadline | None = None) -> BinaryIO:
         if length == 0:
             return self._empty(key)
+        hooks: dict[str, Any] = {} if deadline is None else {"raw_response_hook": _watch(deadline)}
         try:
-            stream = self.blob(key).download_blob(offset=offset, length=length, max_concurrency=1)
+            stream = self.blob(key).download_blob(offset=offset, length=length, max_concurrency=1, **hooks)
         except AzureError as exc:
+            if deadline is not None and deadline.expired():
+                raise deadline.error() from exc
             if getattr(exc, "status_code", None) == 416:
                 return self._empty(key)  # offset at or past the end
             self.fail(exc, f"read {key}")
         if stream.properties.copy.status in _COPYING:
             raise NotFound(f"{self.location}: read {key}: not found (a copy into it has not finished)")
         reader = ObjectReader(stream.read, lambda: None, int(stream.size), f"{self.location}: read {key}",
-                              lambda e: self._read_error(e, key))
+                              lambda e: self._read_error(e, key), deadline)
         return buffered(reader)
 
     def _read_error(self, exc: BaseException, key: str) -> TranscoderError:

@@ -41,6 +41,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, Protocol, TypeVar
 from urllib.parse import quote
 
+from ..deadline import Deadline
+from ..descriptor import MAX_MANIFEST_BYTES, Descriptor, read_checked
 from ..digest import Digest, is_digest
 from ..errors import DigestMismatch, InputError, ManifestError, NotFound, StoreError, TranscoderError
 from ..records import ImageRecord, VariantRecord, merge_images
@@ -79,8 +81,10 @@ class ObjectStore(Protocol):
 
     def head(self, key: str) -> int | None: ...
 
-    def get(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
-        """Bytes ``[offset, offset+length)`` clipped to the end; NotFound if absent."""
+    def get(self, key: str, offset: int = 0, length: int | None = None, *,
+            deadline: Deadline | None = None) -> BinaryIO:
+        """Bytes ``[offset, offset+length)`` clipped to the end; NotFound if absent.
+        With ``deadline``, the read fails with its error once it passes."""
         ...
 
     def put(self, key: str, data: bytes) -> bool:
@@ -111,12 +115,15 @@ class ObjectReader(io.RawIOBase):
     ``read(n)`` returns up to ``n`` bytes, b"" at the end; ``errors`` converts
     the service library's exceptions. A body that ends before ``expected``
     bytes raises, so a cut connection is never taken for the end of a blob.
+    With a ``deadline`` (whose socket the store attached), a read past it
+    raises the deadline's error, whatever the library made of the cut socket.
     """
 
     def __init__(self, read: Callable[[int], bytes], close: Callable[[], None], expected: int, what: str,
-                 errors: Callable[[BaseException], TranscoderError]) -> None:
+                 errors: Callable[[BaseException], TranscoderError], deadline: Deadline | None = None) -> None:
         super().__init__()
         self._read, self._close, self._left, self._what, self._errors = read, close, expected, what, errors
+        self._deadline = deadline
 
     def readable(self) -> bool:
         return True
@@ -126,10 +133,14 @@ class ObjectReader(io.RawIOBase):
             return 0
         try:
             data = self._read(min(len(buffer), self._left))
-        except TranscoderError:
-            raise
         except Exception as exc:
+            if self._deadline is not None and self._deadline.expired():
+                raise self._deadline.error() from exc
+            if isinstance(exc, TranscoderError):
+                raise
             raise self._errors(exc) from exc
+        if self._deadline is not None:
+            self._deadline.feed(len(data))
         if not data:
             raise StoreError(f"{self._what}: response ended {self._left} bytes early")
         n = len(data)
@@ -139,6 +150,8 @@ class ObjectReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
+            if self._deadline is not None:
+                self._deadline.detach()
             try:
                 self._close()
             finally:
@@ -331,8 +344,19 @@ class ObjectSink(BlobManifests):
 
     # -- records ---------------------------------------------------------------
 
+    # A server trickling bytes defeats per-read timeouts: a record or a
+    # manifest must arrive whole within this many seconds.
+    read_deadline = 60.0
+
+    def get_manifest(self, desc: Descriptor) -> bytes:
+        what = f"manifest {desc.digest}"
+        deadline = Deadline(f"{self.location}: {what}", self.read_deadline)
+        with self.store.get(self.blob_key(desc.digest), 0, MAX_MANIFEST_BYTES + 1, deadline=deadline) as f:
+            return read_checked(f, desc, f"{self.location}: {what}", MAX_MANIFEST_BYTES)
+
     def _read_small(self, key: str) -> bytes:
-        with self.store.get(key, 0, MAX_RECORD_BYTES + 1) as f:
+        deadline = Deadline(f"{self.location}: record {key}", self.read_deadline)
+        with self.store.get(key, 0, MAX_RECORD_BYTES + 1, deadline=deadline) as f:
             data = f.read()
         if len(data) > MAX_RECORD_BYTES:
             raise ManifestError(f"{self.location}: record {key} is over {MAX_RECORD_BYTES} bytes")

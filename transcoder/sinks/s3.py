@@ -31,6 +31,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError, ProfileNotFound
 
+from ..deadline import Deadline, socket_of
 from ..errors import AuthError, Conflict, NotFound, SinkError, TranscoderError, TransientError, UsageError
 from .objectstore import ObjectReader, ObjectSink, buffered
 from .options import Tuning, check_known, int_option, prefix_option, tuning_options
@@ -154,7 +155,8 @@ class _S3Store:
         except NotFound:
             return None
 
-    def get(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+    def get(self, key: str, offset: int = 0, length: int | None = None, *,
+            deadline: Deadline | None = None) -> BinaryIO:
         if length == 0:
             return self._empty(key)
         ranged = {"Range": f"bytes={offset}-" + ("" if length is None else str(offset + length - 1))} if offset or length else {}
@@ -166,8 +168,10 @@ class _S3Store:
                 raise
             return self._empty(key)  # offset at or past the end
         body = response["Body"]
+        if deadline is not None:
+            deadline.attach(socket_of(body))
         reader = ObjectReader(body.read, body.close, int(response["ContentLength"]), f"{self.location}: read {key}",
-                              lambda e: self.convert(e, f"read {key}"))
+                              lambda e: self.convert(e, f"read {key}"), deadline)
         return buffered(reader)
 
     def _empty(self, key: str) -> BinaryIO:
