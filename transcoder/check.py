@@ -1,10 +1,11 @@
-"""Consistency check of a local store (read-only).
+"""Consistency check of a local store, or of an S3 or Azure sink (read-only).
 
 A store is consistent when every image named in ``index.json`` reaches only
 blobs that exist, and every variant record's blobs exist; ``deep`` also
 re-hashes every reachable blob and re-decodes every recorded variant to its
 diffID. What a crash may leave (unreferenced blobs, ingest files) is not a
-fault: ``gc`` removes it.
+fault: ``gc`` removes it. A sink is checked through its own API, with its
+image records as the roots (:func:`check_sink`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from .descriptor import ANNOTATION_REF_NAME, INDEX_TYPES, MANIFEST_TYPES, Descri
 from .digest import Digest, sha256_stream
 from .errors import TranscoderError
 from .images.model import Index, parse
+from .records import VariantRecord
+from .sinks.base import Sink
 from .sinks.local import LocalSink
+from .sinks.objectstore import ObjectSink
 
 
 @dataclass
@@ -37,7 +41,7 @@ class CheckReport:
                 "problems": self.problems}
 
 
-def _walk(store: LocalSink, name: str, root: Descriptor, report: CheckReport, seen: set[Digest], deep: bool) -> None:
+def _walk(store: Sink, name: str, root: Descriptor, report: CheckReport, seen: set[Digest], deep: bool) -> None:
     todo = [root]
     while todo:
         desc = todo.pop()
@@ -72,7 +76,26 @@ def check_store(dest: str | os.PathLike[str], deep: bool = False) -> CheckReport
             _walk(store, name, entry, report, seen, deep)
         except TranscoderError as exc:
             report.problems.append(f"image {name}: {exc}")
-    for rec in store.all_variants():
+    _check_variants(store, store.all_variants(), report, deep)
+    return report
+
+
+def check_sink(sink: ObjectSink, deep: bool = False) -> CheckReport:
+    """The same check through a sink's API: every image record's root, and every variant record."""
+    report = CheckReport()
+    seen: set[Digest] = set()
+    for name, rec in sorted(sink.images().items()):
+        report.images += 1
+        try:
+            _walk(sink, name, rec.root, report, seen, deep)
+        except TranscoderError as exc:
+            report.problems.append(f"image {name}: {exc}")
+    _check_variants(sink, sink.all_variants(), report, deep)
+    return report
+
+
+def _check_variants(store: Sink, records: list[VariantRecord], report: CheckReport, deep: bool) -> None:
+    for rec in records:
         report.variants += 1
         if store.stat_blob(rec.target.digest) != rec.target.size:
             report.problems.append(f"variant {rec.target.digest} of {rec.source.digest} is missing")
@@ -82,4 +105,3 @@ def check_store(dest: str | os.PathLike[str], deep: bool = False) -> CheckReport
                     verify_variant(rec, f)
             except TranscoderError as exc:
                 report.problems.append(str(exc))
-    return report

@@ -8,7 +8,10 @@ Unset (always, outside tests), a crash point costs one dictionary lookup.
 Points: ``decode`` (per decoded chunk), ``blob-committed`` (after a blob is
 published, before records), ``layer-done`` (a layer's blobs committed in
 any sink, before records), ``record-written`` (after a variant record),
-``index-write`` (index.json written to its temp file, not yet renamed).
+``index-write`` (index.json written to its temp file, not yet renamed),
+``ingest-part`` (S3/Azure: a part of a blob whose digest is not known yet
+stored under ``ingest/``), ``ingest-complete`` (that upload completed under
+``ingest/``, not yet copied to its digest).
 """
 
 from __future__ import annotations

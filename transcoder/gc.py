@@ -1,11 +1,16 @@
-"""Garbage collection of a local store: the fix for caches that only grow.
+"""Garbage collection: the fix for caches that only grow, and for what crashes leave.
 
-Reachability starts at ``index.json`` and follows indexes and manifests to
+A local store: reachability starts at ``index.json`` and follows indexes and manifests to
 configs and layers; a variant record is kept only while its variant blob is
 reachable. Without ``max_size`` only unreachable blobs and stale ingest files
 go. With it, whole images are evicted least recently used first until the
 reachable blobs fit the budget. Orphans younger than ``grace`` seconds are kept: a
 converter may have committed them and not yet written the index.
+
+An S3 or Azure sink (:func:`gc_sink`): only what interrupted exports left
+(ingest objects, unfinished multipart uploads, uncommitted blocks) goes, once
+older than ``grace`` seconds by the service's clock; published blobs and
+records are never touched, since another machine may be reading them.
 """
 
 from __future__ import annotations
@@ -22,16 +27,20 @@ from .errors import TranscoderError
 from .images.model import Index, parse
 from .records import VariantRecord
 from .sinks.local import LocalSink
+from .sinks.objectstore import ObjectSink
 
 DEFAULT_GRACE = 3600.0
 
 
 @dataclass
 class GcReport:
+    """``removed_bytes`` counts blobs, ingest files and aborted uploads alike."""
+
     removed_blobs: list[str] = field(default_factory=list)
     removed_bytes: int = 0
     removed_ingest: int = 0
     removed_records: int = 0
+    aborted_uploads: int = 0
     evicted_images: list[str] = field(default_factory=list)
     kept_bytes: int = 0
     dry_run: bool = False
@@ -104,7 +113,25 @@ def gc(dest: str | os.PathLike[str], *, dry_run: bool = False, max_size: int | N
             if not dry_run:
                 store.layout.blob_path(digest).unlink(missing_ok=True)
         report.removed_records = _prune_records(store, live, dry_run)
-        report.removed_ingest = _prune_ingest(store.state / "ingest", now, grace, dry_run)
+        report.removed_ingest, ingest_bytes = _prune_ingest(store.state / "ingest", now, grace, dry_run)
+        report.removed_bytes += ingest_bytes
+    return report
+
+
+def gc_sink(sink: ObjectSink, *, dry_run: bool = False, grace: float = DEFAULT_GRACE) -> GcReport:
+    """Remove an object-store sink's leftovers older than ``grace`` seconds."""
+    report = GcReport(dry_run=dry_run)
+    now = time.time()
+    for item in list(sink.leftovers()):
+        if now - item.modified < grace:
+            continue  # an export may still be writing it
+        if item.kind == "multipart upload":
+            report.aborted_uploads += 1
+        else:
+            report.removed_ingest += 1
+        report.removed_bytes += item.size
+        if not dry_run:
+            item.remove()
     return report
 
 
@@ -123,11 +150,13 @@ def _prune_records(store: LocalSink, live: set[Digest], dry_run: bool) -> int:
     return removed
 
 
-def _prune_ingest(folder: Path, now: float, grace: float, dry_run: bool) -> int:
-    removed = 0
+def _prune_ingest(folder: Path, now: float, grace: float, dry_run: bool) -> tuple[int, int]:
+    removed = size = 0
     for path in folder.iterdir() if folder.is_dir() else []:
-        if now - path.stat().st_mtime >= grace:
+        st = path.stat()
+        if now - st.st_mtime >= grace:
             removed += 1
+            size += st.st_size
             if not dry_run:
                 path.unlink(missing_ok=True)
-    return removed
+    return removed, size

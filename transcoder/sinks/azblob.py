@@ -17,6 +17,12 @@ on, so a blob whose digest is known only at the end is staged under
 would copy block by block without the intermediate commit, but the Azurite
 emulator does not implement it; Copy Blob works on both. A copy still
 pending is not "there" for readers: ``stat_blob`` waits for it to finish.
+
+``transcoder gc`` removes what interrupted writers left under ``ingest/``:
+committed ingest blobs and blobs that have only uncommitted blocks. Blocks
+staged on a final name (a blob whose digest was known up front) cannot be
+dropped without committing something under that name, so they are left to
+the service, which discards uncommitted blocks after a week.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, Exponen
 
 from ..deadline import Deadline, socket_of
 from ..errors import AuthError, NotFound, SinkError, TranscoderError, TransientError, UsageError
-from .objectstore import ObjectReader, ObjectSink, buffered
+from .objectstore import Leftover, ObjectReader, ObjectSink, buffered
 from .options import Tuning, check_known, int_option, prefix_option, tuning_options
 
 MIN_PART = 64 << 10
@@ -269,6 +275,24 @@ class _AzStore:
                 self.blob(key).delete_blob()
         except NotFound:
             pass
+
+    def leftovers(self, prefix: str) -> Iterator[Leftover]:
+        ingest = f"{prefix}ingest/"
+        with self.errors(f"list {ingest}"):
+            found = list(self.container.list_blobs(name_starts_with=ingest, include=["uncommittedblobs"]))
+        for props in found:
+            key = str(props.name)
+            size = int(props.size or 0) or self._staged_bytes(key)
+            modified = props.last_modified or props.creation_time
+            yield Leftover("ingest object", key, size, modified.timestamp(), _AzUpload(self, key).abort)
+
+    def _staged_bytes(self, key: str) -> int:
+        try:
+            with self.errors(f"list blocks of {key}"):
+                committed, uncommitted = self.blob(key).get_block_list("all")
+        except NotFound:
+            return 0
+        return sum(int(b.size or 0) for b in [*committed, *uncommitted])
 
     def close(self) -> None:
         self.container.close()

@@ -14,7 +14,8 @@ second writer of a blob or record sees "already exists", which is success.
 Image records are never replaced: each write adds one, and ``images()``
 merges them (newest binding of a name wins), so parallel exporters lose
 nothing. A crash leaves at most objects under ``ingest/`` (and, on S3,
-incomplete multipart uploads), which no reader ever looks at.
+incomplete multipart uploads; on Azure, uncommitted blocks), which no reader
+ever looks at; :meth:`ObjectSink.leftovers` lists them for ``gc``.
 
 A blob is written in parts as it arrives (several parts in flight, memory
 bounded by ``(concurrency + 1) x part size``). Where it goes depends on what
@@ -38,6 +39,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, TypeVar
 from urllib.parse import quote
 
@@ -45,6 +47,7 @@ from ..deadline import Deadline
 from ..descriptor import MAX_MANIFEST_BYTES, Descriptor, read_checked
 from ..digest import Digest, is_digest
 from ..errors import DigestMismatch, InputError, ManifestError, NotFound, StoreError, TranscoderError
+from ..faults import crashpoint
 from ..records import ImageRecord, VariantRecord, merge_images
 from ..writers import WriterBase
 from .base import BlobManifests, as_digest
@@ -76,6 +79,17 @@ class Upload(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """Something an interrupted export left under the sink's prefix, invisible to readers."""
+
+    kind: str  # "ingest object", "multipart upload", "uncommitted blob"
+    key: str
+    size: int
+    modified: float  # seconds since the epoch, by the service's clock: the last write to it
+    remove: Callable[[], None] = field(compare=False, repr=False)
+
+
 class ObjectStore(Protocol):
     """The few operations the layout needs; errors are converted to TranscoderError."""
 
@@ -100,6 +114,11 @@ class ObjectStore(Protocol):
         ...
 
     def delete(self, key: str) -> None: ...
+
+    def leftovers(self, prefix: str) -> Iterator[Leftover]:
+        """Everything under ``prefix + "ingest/"``, and unfinished uploads anywhere under
+        ``prefix`` (including those on final keys, which only the service can see)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -211,9 +230,14 @@ class ObjectWriter(WriterBase):
         self._slots.acquire()  # blocks while `concurrency` parts are in flight: bounded memory
         self._parts += 1
         assert self._pool is not None
-        future = self._pool.submit(self._upload.put_part, self._parts, part)
+        future = self._pool.submit(self._store_part, self._upload, self._parts, part)
         future.add_done_callback(lambda _: self._slots.release())
         self._pending.append(future)
+
+    def _store_part(self, upload: Upload, number: int, data: bytes) -> None:
+        upload.put_part(number, data)
+        if self._hint is None:
+            crashpoint("ingest-part")
 
     def _raise_failed(self) -> None:
         for future in [f for f in self._pending if f.done()]:
@@ -256,6 +280,7 @@ class ObjectWriter(WriterBase):
             return
         self._staged = True
         upload.complete(self._parts, if_absent=False)
+        crashpoint("ingest-complete")
         # Skip the copy when another writer published the same bytes first.
         if self._store.head(key) is not None or not self._store.copy(self._key, key, size):
             self._sink.check_existing(key, size)
@@ -312,6 +337,10 @@ class ObjectSink(BlobManifests):
 
     def ingest_key(self) -> str:
         return f"{self.prefix}ingest/{secrets.token_hex(16)}"
+
+    def leftovers(self) -> Iterator[Leftover]:
+        """What interrupted exports left (see :class:`Leftover`); published blobs and records never."""
+        return self.store.leftovers(self.prefix)
 
     def variant_key(self, rec: VariantRecord) -> str:
         return f"{self.prefix}variants/{rec.source.digest.hex}/{rec.params.key}/{rec.target.digest.hex}.json"
@@ -382,6 +411,11 @@ class ObjectSink(BlobManifests):
             return parse(self._read_small(key), f"{self.location}: {key}")
         except NotFound:
             return None
+
+    def all_variants(self) -> list[VariantRecord]:
+        base = f"{self.prefix}variants/"
+        return [rec for key in sorted(self.store.keys(base))
+                if key.endswith(".json") and (rec := self._record(key, VariantRecord.from_bytes)) is not None]
 
     def put_image(self, rec: ImageRecord) -> None:
         self.store.put(self.image_key(rec), rec.to_bytes())

@@ -13,12 +13,13 @@ digest is known only at the end are uploaded in parts under ``ingest/`` and
 published by a multipart server-side copy (UploadPartCopy) completed with
 ``If-None-Match: *``; a single CopyObject would be simpler, but not every
 S3 implementation honours conditions on it. Incomplete multipart uploads left
-by a crash are invisible; a bucket lifecycle rule that aborts them after a day
-(AbortIncompleteMultipartUpload) clears them.
+by a crash are invisible; ``transcoder gc`` aborts those under the prefix (as
+would a bucket lifecycle rule, AbortIncompleteMultipartUpload).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -33,7 +34,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 
 from ..deadline import Deadline, socket_of
 from ..errors import AuthError, Conflict, NotFound, SinkError, TranscoderError, TransientError, UsageError
-from .objectstore import ObjectReader, ObjectSink, buffered
+from .objectstore import Leftover, ObjectReader, ObjectSink, buffered
 from .options import Tuning, check_known, int_option, prefix_option, tuning_options
 
 MIN_PART = 5 << 20  # S3's minimum for every part but the last
@@ -224,6 +225,22 @@ class _S3Store:
         with self.errors(f"delete {key}"):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
+    def leftovers(self, prefix: str) -> Iterator[Leftover]:
+        ingest = f"{prefix}ingest/"
+        with self.errors(f"list {ingest}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=ingest):
+                for item in page.get("Contents", []):
+                    key = str(item["Key"])
+                    yield Leftover("ingest object", key, int(item["Size"]), item["LastModified"].timestamp(),
+                                   functools.partial(self.delete, key))
+        with self.errors(f"list uploads under {prefix or '/'}"):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+            uploads = [u for page in pages for u in page.get("Uploads", [])]
+        for found in uploads:
+            upload = _S3Upload(self, str(found["Key"]), str(found["UploadId"]), None)
+            size, modified = upload.progress(found["Initiated"].timestamp())
+            yield Leftover("multipart upload", upload.key, size, modified, upload.abort)
+
     def close(self) -> None:
         self.client.close()
 
@@ -261,6 +278,16 @@ class _S3Upload:
         with self.store.errors(f"finish upload {self.key}"):
             call(MultipartUpload=body, **self._ids)
         return True
+
+    def progress(self, initiated: float) -> tuple[int, float]:
+        """Bytes uploaded so far, and when the upload was last written to (a part, or its start)."""
+        size, newest = 0, initiated
+        with self.store.errors(f"list parts of {self.key}"):
+            for page in self.store.client.get_paginator("list_parts").paginate(**self._ids):
+                for part in page.get("Parts", []):
+                    size += int(part.get("Size", 0))
+                    newest = max(newest, part["LastModified"].timestamp())
+        return size, newest
 
     def abort(self) -> None:
         try:
