@@ -228,3 +228,13 @@ def test_zz_leftovers_seen() -> None:
     print(f"\nleftovers per crash: {LEFT}")
     for run, left in LEFT.items():
         assert left or "ingest" not in run, f"{run}: the crash left nothing for gc to remove"
+
+
+def test_gc_explains_what_the_actions_cache_leaves(tmp_path: Path) -> None:
+    """The cache service gives clients no listing and no delete: gc says so instead of pretending."""
+    from transcoder.gha.emulator import Emulator
+
+    with Emulator(visibility_delay=0) as emu:
+        spec = f"type=gha,scope=crash,url_v2={emu.results_url},token={emu.mint_token()}"
+        r = cli("gc", spec, "--grace", "0", env={**os.environ, "TRANSCODER_HOME": str(tmp_path)})
+    assert r.returncode == 2 and "neither list nor delete" in r.stderr and "\n" not in r.stderr.strip()
