@@ -204,6 +204,8 @@ class RangedReader(io.RawIOBase):
             piece = next(self._iter, b"")
             if deadline is not None and piece:
                 deadline.feed(len(piece))
+            if deadline is not None and (not piece or self.pos + len(piece) >= self.end):
+                deadline.detach()  # the connection may go back to the pool: never cut it later
         except httpx.TransportError as exc:
             self._drop()
             if deadline is not None and deadline.expired():

@@ -165,6 +165,8 @@ class ObjectReader(io.RawIOBase):
         n = len(data)
         buffer[:n] = data
         self._left -= n
+        if self._left <= 0 and self._deadline is not None:
+            self._deadline.detach()  # the connection may go back to the pool: never cut it later
         return n
 
     def close(self) -> None:
