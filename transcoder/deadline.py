@@ -23,6 +23,8 @@ import threading
 import time
 from collections.abc import Iterable
 
+import httpx
+
 from .errors import ManifestError, SinkError
 
 TICK = 0.1  # how often the watcher looks at the clock
@@ -140,4 +142,21 @@ def read_bounded(chunks: Iterable[bytes], limit: int, deadline: Deadline) -> byt
     return bytes(data)
 
 
-__all__ = ["Deadline", "read_bounded", "socket_of"]
+def read_response(response: httpx.Response, limit: int, deadline: Deadline) -> bytes:
+    """An httpx streamed response's body whole, within ``limit`` bytes and ``deadline``.
+
+    The deadline shuts the socket when it passes, so the read that was blocked
+    fails; that failure is reported as the deadline, not as a network error.
+    """
+    deadline.attach(socket_of(response))
+    try:
+        return read_bounded(response.iter_bytes(), limit, deadline)
+    except httpx.TransportError as exc:
+        if deadline.expired():
+            raise deadline.error() from exc
+        raise
+    finally:
+        deadline.detach()
+
+
+__all__ = ["Deadline", "read_bounded", "read_response", "socket_of"]

@@ -5,8 +5,9 @@ The sink built on these is :class:`transcoder.sinks.gha.GhaSink`.
 
 from __future__ import annotations
 
+from ..redact import Secret, redact_url, scrub
 from .client import CacheClient, CacheEntry, EntryUpload, open_client
-from .env import GhaConfig, Secret, config_from, parse_duration, redact_url, scrub
+from .env import GhaConfig, config_from, parse_duration
 from .retry import RetryPolicy, UploadRateLimiter
 
 __all__ = [

@@ -29,8 +29,8 @@ import httpx
 
 from ..deadline import Deadline, socket_of
 from ..errors import AuthError, NotFound, SinkError, TransientError
+from ..redact import Secret, redact_url, scrub
 from .chunks import Chunk, ChunkPipe
-from .env import Secret, redact_url, scrub
 from .retry import RetryPolicy, answer, is_retryable_status, retry_after, transport_error
 
 MS_VERSION = "2024-11-04"

@@ -30,8 +30,9 @@ import httpx
 
 from .. import __version__
 from ..errors import NotFound, SinkError
+from ..redact import Secret, scrub
 from .blobplane import DEFAULT_BLOCK, DEFAULT_IN_FLIGHT, RangedReader, blob_size
-from .env import GhaConfig, Secret, scrub
+from .env import GhaConfig
 from .retry import DEFAULT_UPLOADS_PER_MINUTE, RetryPolicy, UploadRateLimiter
 
 USER_AGENT = f"transcoder/{__version__}"

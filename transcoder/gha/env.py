@@ -10,8 +10,7 @@ v2 when ``ACTIONS_CACHE_SERVICE_V2`` is non-empty. The v1 base falls back to
 ``ACTIONS_RESULTS_URL``.
 
 Secrets (the token, the ``sig`` of signed URLs) never reach ``repr``, ``str``
-or an error message: :class:`Secret` masks itself and :func:`scrub` removes
-both from any text that may be shown.
+or an error message (``transcoder.redact``).
 """
 
 from __future__ import annotations
@@ -22,54 +21,11 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..errors import UsageError
+from ..redact import Secret, redact_url
 
 DEFAULT_TIMEOUT = 600.0  # seconds; BuildKit's default for type=gha
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SECRET_QUERY = re.compile(r"(?i)((?:^|[?&\s\"'])(?:sig|ske|skoid|sktid|token)=)[^&\s\"']+")
-_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
-
-
-class Secret:
-    """A string that never shows itself; ``reveal()`` is the only way in."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-
-def redact_url(url: str) -> str:
-    """``scheme://host/path`` without the query (where SAS signatures live)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}" + ("?…" if parts.query else "")
-
-
-def scrub(text: str, *secrets: Secret | str | None) -> str:
-    """Remove signatures, bearer tokens and the given secrets from ``text``."""
-    for s in secrets:
-        raw = s.reveal() if isinstance(s, Secret) else s
-        if raw and len(raw) >= 4:
-            text = text.replace(raw, "***")
-    text = _SECRET_QUERY.sub(r"\1***", text)
-    return _BEARER.sub(r"\1***", text)
 
 
 def parse_duration(text: str, what: str = "timeout") -> float:

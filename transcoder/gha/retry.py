@@ -30,7 +30,7 @@ from typing import TypeVar
 import httpx
 import tenacity
 
-from ..deadline import Deadline, read_bounded, socket_of
+from ..deadline import Deadline, read_response
 from ..errors import SinkError, TransientError
 
 T = TypeVar("T")
@@ -158,17 +158,10 @@ def send_tracked(send: Callable[[], httpx.Response], what: str, state: dict[str,
 def answer(http: httpx.Client, request: httpx.Request, what: str, seconds: float) -> httpx.Response:
     """Send ``request`` and read its answer whole, within ``seconds`` of sending and
     at most MAX_ANSWER bytes; returns the answer loaded (``.content`` works)."""
-    deadline = Deadline(f"{what}: answer", seconds)
     resp = http.send(request, stream=True)
-    deadline.attach(socket_of(resp))
     try:
-        body = read_bounded(resp.iter_bytes(), MAX_ANSWER, deadline)
-    except httpx.TransportError as exc:
-        if deadline.expired():
-            raise deadline.error() from exc
-        raise
+        body = read_response(resp, MAX_ANSWER, Deadline(f"{what}: answer", seconds))
     finally:
-        deadline.detach()
         resp.close()
     # The body is decoded already: drop the headers that describe its wire form.
     headers = [(k, v) for k, v in resp.headers.multi_items()

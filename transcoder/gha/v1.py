@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 
 from ..errors import AuthError, Conflict, SinkError, TransientError
+from ..redact import Secret, scrub
 from .blobplane import pieces
 from .chunks import Chunk, ChunkPipe
 from .client import CacheClient, CacheEntry, EntryUpload
-from .env import Secret, scrub
 from .retry import answer, is_retryable_status, retry_after, send_tracked
 
 ACCEPT = "application/json;api-version=6.0-preview.1"

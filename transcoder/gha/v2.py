@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 
 from ..errors import AuthError, Conflict, SinkError, TransientError
+from ..redact import Secret, scrub
 from .blobplane import BlockUpload
 from .client import CacheClient, CacheEntry, EntryUpload
-from .env import Secret, scrub
 from .retry import answer, is_retryable_status, retry_after, send_tracked
 
 SERVICE = "github.actions.results.api.v1.CacheService"

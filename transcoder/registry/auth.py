@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from ..errors import AuthError
-from ..gha.env import Secret
+from ..redact import Secret
 from .credentials import Credentials, load_docker_credentials
 
 _PARAM = re.compile(r'([A-Za-z][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))')

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ..deadline import Deadline, read_bounded, socket_of
+from ..deadline import Deadline, read_response
 from ..descriptor import DOCKER_LIST, DOCKER_MANIFEST, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, Descriptor
 from ..digest import Digest, is_digest
 from ..errors import AuthError, DigestMismatch, ManifestError, NotFound, SinkError, TransientError
@@ -90,16 +90,7 @@ class RegistryClient(RegistryHTTP):
         length = resp.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
             raise ManifestError(f"{what}: {length} bytes is over the {limit} byte limit")
-        deadline = Deadline(what, self.read_deadline)
-        deadline.attach(socket_of(resp))
-        try:
-            return read_bounded(resp.iter_bytes(), limit, deadline)
-        except httpx.TransportError as exc:
-            if deadline.expired():
-                raise deadline.error() from exc
-            raise
-        finally:
-            deadline.detach()
+        return read_response(resp, limit, Deadline(what, self.read_deadline))
 
     def head_manifest(self, repo: str, ref: str | Digest) -> Descriptor | None:
         try:

@@ -28,7 +28,7 @@ import subprocess
 from pathlib import Path
 
 from ..errors import AuthError, UsageError
-from ..gha.env import Secret
+from ..redact import Secret
 
 HELPER_TIMEOUT = 60.0  # seconds; helpers such as ecr-login go to the network
 TOKEN_USER = "<token>"  # docker's user name for "Secret is an identity token"

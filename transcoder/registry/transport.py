@@ -33,7 +33,7 @@ import tenacity
 
 from .. import __version__
 from ..errors import AuthError, NotFound, SinkError, TransientError
-from ..gha.env import Secret
+from ..redact import Secret
 from .auth import RegistryAuth
 from .credentials import Credentials, load_docker_credentials
 from .reference import check_host, is_loopback
