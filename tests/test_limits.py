@@ -191,7 +191,7 @@ TRICKLE = 0.5  # seconds between bytes
 BOUND = 2.0  # the deadline the clients are given here
 
 
-def _stopped_in_time(call: Callable[[], object], *names: str) -> tuple[float, int]:
+def _stopped_in_time(call: Callable[[], object], *names: str, peak_limit: int = 8 * MiB) -> tuple[float, int]:
     """``call`` must fail with one line naming ``names`` and the cause, soon after BOUND;
     returns (seconds taken, peak bytes allocated by Python meanwhile)."""
     from transcoder.errors import TranscoderError
@@ -209,7 +209,7 @@ def _stopped_in_time(call: Callable[[], object], *names: str) -> tuple[float, in
     assert "\n" not in message and "over the deadline" in message and "too slow" in message, message
     assert all(name in message for name in names), message
     assert BOUND <= took < BOUND + 3 * TRICKLE + 1.0, f"{took:.1f} s: {message}"
-    assert peak < 8 * MiB, f"peak {peak} bytes"  # a 4 MiB document limit and a 1 MiB read buffer at most
+    assert peak < peak_limit, f"peak {peak} bytes"  # by default: a 4 MiB document limit and a 1 MiB read buffer
     print(f"\nslow-loris stopped after {took:.2f} s, peak Python memory {peak / 1024:.0f} KiB: {message}")
     return took, peak
 
@@ -254,14 +254,33 @@ def test_gha_trickling_answer_is_stopped(protocol: int, gha_emulator: Any) -> No
     assert proxy.trickled
 
 
-def test_gha_trickling_download_is_stopped(gha_emulator: Any) -> None:
+@pytest.mark.parametrize("protocol", [2, 1], ids=["twirp", "rest"])
+def test_gha_trickling_headers_are_stopped(protocol: int, gha_emulator: Any) -> None:
+    """The status line and headers a byte at a time: httpx's per-read timeout never fires, the deadline does."""
+    direct = _gha_client(gha_emulator, protocol)
+    _gha_save(direct, "slow-headers", b"x" * 1000)
+    assert direct.wait_visible("slow-headers", "v-limits")
+    direct.close()
+    match = b"GetCacheEntryDownloadURL" if protocol == 2 else b"/_apis/artifactcache/cache?"
+    with TrickleProxy(gha_emulator.results_url, match=match, interval=TRICKLE, headers=True) as proxy:
+        client = _gha_client(gha_emulator, protocol, proxy.url, answer=BOUND)
+        try:
+            _stopped_in_time(lambda: client.lookup("slow-headers", "v-limits"), "lookup slow-headers", "answer")
+        finally:
+            client.close()
+    assert proxy.trickled and proxy.trickled_bytes < 12  # still in the status line
+
+
+@pytest.mark.parametrize("headers", [False, True], ids=["body", "headers"])
+def test_gha_trickling_download_is_stopped(headers: bool, gha_emulator: Any) -> None:
     from transcoder.gha import Secret
 
     direct = _gha_client(gha_emulator, 2)
     _gha_save(direct, "slow-blob", bytes(range(256)) * 1024)
     entry = direct.lookup("slow-blob", "v-limits", exact=True)
     netloc = urlsplit(entry.url.reveal()).netloc
-    with TrickleProxy(f"http://{netloc}", match=urlsplit(entry.url.reveal()).path.encode(), interval=TRICKLE) as proxy:
+    with TrickleProxy(f"http://{netloc}", match=urlsplit(entry.url.reveal()).path.encode(), interval=TRICKLE,
+                      headers=headers) as proxy:
         client = _gha_client(gha_emulator, 2, allowance=BOUND, min_rate=64 << 10)
         slow = type(entry)(entry.key, entry.version, Secret(entry.url.reveal().replace(netloc, proxy.url[7:])))
         try:
@@ -347,3 +366,130 @@ def test_azblob_trickling_reads_are_stopped(azurite: Any) -> None:
     upstream = "http://" + urlsplit(azurite.blob_endpoint).netloc
     _object_sink_reads(lambda url: (f"type=azblob,account_url={url}/{azurite.account},name={container},prefix=slow,"
                                     f"account_key={azurite.key}"), upstream, "slow", f"/{container}/slow")
+
+
+# --- trickled headers in front of the registry; trickled and slowed blob reads from object stores ------------
+
+INDEX = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_registry_trickling_headers_are_stopped(method: str, registry: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transcoder.descriptor import OCI_INDEX
+    from transcoder.registry.client import RegistryClient
+
+    direct = RegistryClient(registry.host)
+    try:
+        direct.put_manifest("limits/slow", "v1", INDEX, OCI_INDEX)
+    finally:
+        direct.close()
+    monkeypatch.setattr(RegistryClient, "read_deadline", BOUND)
+    with TrickleProxy(registry.url, match=f"{method} /v2/limits/slow/manifests/".encode(), interval=TRICKLE,
+                      headers=True) as proxy:
+        client = RegistryClient(f"127.0.0.1:{proxy.port}")
+        read = client.get_manifest if method == "GET" else client.head_manifest
+        try:
+            _stopped_in_time(lambda: read("limits/slow", "v1"), f"registry 127.0.0.1:{proxy.port}", "limits/slow",
+                             "manifest v1")
+        finally:
+            client.close()
+    assert proxy.trickled
+
+
+def _drain(f: Any) -> str:
+    """Read a blob in 1 MiB pieces, as the pipeline does; its sha256."""
+    digest = hashlib.sha256()
+    with f:
+        while piece := f.read(MiB):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _object_blob_reads(spec_for: Callable[[str], str], upstream: str, where: str, peak_limit: int) -> None:
+    """A blob read through a slow-loris fails in time; through a slowed link (about 3 MiB/s) it passes,
+    taking longer than the allowance: the deadline grows with the bytes received."""
+    from tests.faultproxy import Fault, FaultProxy
+    from tests.sink_contract import write_blob
+    from transcoder.digest import Digest
+    from transcoder.sinks import open_sink
+
+    data = hashlib.sha256(where.encode()).digest() * (8 * MiB // 32)
+    direct = open_sink(spec_for(upstream))
+    try:
+        digest = write_blob(direct, data, chunk=MiB, hint=str(Digest.of(data)))
+    finally:
+        direct.close()
+    with TrickleProxy(upstream, match=f"blobs/sha256/{digest.hex}".encode(), interval=TRICKLE) as proxy:
+        sink = open_sink(spec_for(proxy.url))
+        sink.download_allowance, sink.download_min_rate = BOUND, 64 << 10  # type: ignore[attr-defined]
+        try:
+            _stopped_in_time(lambda: _drain(sink.open_blob(digest)), f"blob {digest}", where, peak_limit=peak_limit)
+        finally:
+            sink.close()
+    assert proxy.trickled
+    with FaultProxy(upstream) as slow:
+        slow.schedule(Fault.delay(0.02, direction="down"), connections=None)
+        sink = open_sink(spec_for(slow.url.rstrip("/")))
+        sink.download_allowance, sink.download_min_rate = 2.0, MiB  # type: ignore[attr-defined]
+        tracemalloc.start()
+        started = time.monotonic()
+        try:
+            assert _drain(sink.open_blob(digest)) == digest.hex
+        finally:
+            took = time.monotonic() - started
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            sink.close()
+    print(f"\n{where}: 8 MiB through a slowed link in {took:.1f} s (2 s allowance plus 1 s per MiB), "
+          f"peak Python memory {peak / MiB:.1f} MiB")
+    assert took > 2.0, "the link was not slow enough to show the deadline growing"
+    assert peak < peak_limit, f"peak {peak} bytes"
+
+
+@pytest.mark.peers
+def test_s3_blob_reads_trickling_stopped_slow_passes(moto_s3: Any) -> None:
+    from tests.sink_contract import S3_KEY_ID, S3_REGION, new_bucket
+
+    bucket = new_bucket(moto_s3.endpoint_url)
+    _object_blob_reads(lambda url: (f"type=s3,bucket={bucket},region={S3_REGION},endpoint_url={url},prefix=big,"
+                                    f"access_key_id={S3_KEY_ID},secret_access_key=slow-test"),
+                       moto_s3.endpoint_url, f"s3:{bucket}/big", 8 * MiB)
+
+
+@pytest.mark.peers
+def test_azblob_blob_reads_trickling_stopped_slow_passes(azurite: Any) -> None:
+    from tests.sink_contract import new_container
+
+    container = new_container(azurite.connection_string)
+    upstream = "http://" + urlsplit(azurite.blob_endpoint).netloc
+    _object_blob_reads(lambda url: (f"type=azblob,account_url={url}/{azurite.account},name={container},prefix=big,"
+                                    f"account_key={azurite.key}"), upstream, f"/{container}/big",
+                       # The SDK reads a 4 MiB chunk with list() of a stream whose len() is its byte count:
+                       # a list presized to one pointer per byte (32 MiB, allocated but never written).
+                       56 * MiB)
+
+
+def test_project_http_clients_come_from_one_factory() -> None:
+    """Every httpx client is made by transcoder.httpclient, so every read honours deadline scopes."""
+    import re
+
+    import transcoder
+
+    root = Path(transcoder.__file__).parent
+    made = [p.relative_to(root) for p in root.rglob("*.py")
+            if re.search(r"(?<!`)httpx\.Client\(", p.read_text()) and p.name != "httpclient.py"]
+    assert made == []
+
+
+def test_factory_bounds_reads_with_and_without_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transcoder.httpclient import DeadlineBackend, new_client
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    client = new_client(nodelay=True)
+    try:
+        transports = [client._transport, *(t for t in client._mounts.values() if t is not None)]
+        assert len(transports) >= 2
+        assert all(isinstance(t._pool._network_backend, DeadlineBackend) for t in transports)  # type: ignore[attr-defined]
+    finally:
+        client.close()

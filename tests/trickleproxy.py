@@ -8,7 +8,8 @@ passes requests through and trickles chosen responses.
 
 Connections are kept alive by clients, so the proxy looks at every request
 going up; once one matches, the rest of that connection's answer stream is
-trickled after the end of the next header block.
+trickled after the end of the next header block, or, with ``headers=True``,
+from its first byte (status line and headers trickled too).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from urllib.parse import urlsplit
 
 
 class TrickleProxy:
-    def __init__(self, target: str, *, match: bytes, interval: float = 0.5) -> None:
+    def __init__(self, target: str, *, match: bytes, interval: float = 0.5, headers: bool = False) -> None:
         parts = urlsplit(target)
         self._target = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._match = match
         self.interval = interval
+        self.headers = headers
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._stop = threading.Event()
@@ -73,20 +75,24 @@ class TrickleProxy:
                     continue
                 pending += data
                 end = pending.find(b"\r\n\r\n")
-                if end < 0:
+                if end < 0 and not self.headers:
                     continue
-                dst.sendall(pending[: end + 4])
+                start = 0 if self.headers else end + 4  # where trickling begins
+                dst.sendall(pending[:start])
                 self.trickled += 1
-                self._trickle(src, dst, pending[end + 4 :])
+                self._trickle(src, dst, pending[start:])
                 return
         self._close(src, dst)
 
     def _trickle(self, src: socket.socket, dst: socket.socket, body: bytes) -> None:
-        """One byte every interval, reading more from the server as needed, until either side goes."""
+        """One byte every interval, reading more from the server only when all is sent (so the
+        proxy holds at most 64 KiB, and a test measuring memory measures the client's), until
+        either side goes."""
         src.settimeout(0.01)
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                body += src.recv(65536)
+            if not body:
+                with contextlib.suppress(TimeoutError):
+                    body = src.recv(65536)
             if body:
                 dst.sendall(body[:1])
                 body = body[1:]

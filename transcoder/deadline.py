@@ -1,18 +1,25 @@
-"""Whole-request deadlines: a server that trickles bytes must not hold a client forever.
+"""Whole-response deadlines: a server that trickles bytes must not hold a client forever.
 
 Per-read timeouts bound how long one read waits, not how long a response
 takes: a server sending one byte every few seconds passes every per-read
 timeout. A :class:`Deadline` bounds the whole response: a fixed number of
 seconds for small documents (manifests, records, JSON answers), or, for
 big downloads, an allowance plus one second per ``min_rate`` bytes received,
-so that a healthy download of any size passes and a trickle fails.
+so that a healthy download of any size passes and a trickle fails. Only time
+spent waiting on the server counts: a deadline is paused while the caller
+is busy elsewhere (a slow consumer is not a slow server).
 
-It is enforced twice, because some HTTP libraries read a whole chunk before
-they return: the reader checks after every piece (:meth:`Deadline.feed`),
-and a watcher thread shuts down the connection's socket once the deadline
-has passed (:meth:`Deadline.attach`), which ends a read blocked inside a
-library with an error the caller turns into :meth:`Deadline.error`. The
-error is one line naming what was read and the cause.
+It is enforced where the bytes are read:
+
+* the project's httpx clients (:mod:`transcoder.httpclient`) bound every
+  socket read, headers included, by the deadline of the calling thread's
+  :func:`scope`, whose clock starts when the request has been sent;
+* for libraries that read a whole chunk inside one call (botocore, the Azure
+  SDK), a watcher thread shuts the response's socket down once the deadline
+  has passed (:meth:`Deadline.attach`), which ends the blocked read with an
+  error the caller turns into :meth:`Deadline.error`.
+
+The error is one line naming what was read and the cause.
 """
 
 from __future__ import annotations
@@ -21,9 +28,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterable
-
-import httpx
+from collections.abc import Iterable, Iterator
 
 from .errors import ManifestError, SinkError
 
@@ -40,26 +45,53 @@ class Deadline:
         self.start = time.monotonic()
         self.received = 0
         self.fired = False  # the watcher shut the socket down
+        self._paused_at: float | None = None
         self._sock: socket.socket | None = None
 
     def limit(self) -> float:
         earned = self.received / self.min_rate if self.min_rate else 0.0
         return self.start + self.seconds + earned
 
+    def left(self) -> float:
+        """Seconds until the deadline (negative once past); constant while paused."""
+        return self.limit() - (self._paused_at or time.monotonic())
+
     def expired(self) -> bool:
-        return self.fired or time.monotonic() > self.limit()
+        return self.fired or self.left() < 0
 
     def error(self) -> SinkError:
-        took = time.monotonic() - self.start
+        took = (self._paused_at or time.monotonic()) - self.start
         rule = f"{self.seconds:g} s" + (f" plus 1 s per {self.min_rate:.0f} bytes" if self.min_rate else "")
         return SinkError(f"{self.what}: {self.received} bytes in {took:.1f} s, over the deadline of {rule}; "
                          "the server is too slow")
 
+    def check(self) -> None:
+        """Raise the deadline error if time is up."""
+        if self.expired():
+            raise self.error()
+
     def feed(self, n: int) -> None:
         """Count ``n`` bytes received; raise the deadline error if time is up."""
         self.received += n
-        if self.expired():
-            raise self.error()
+        self.check()
+
+    def restart(self) -> None:
+        """A request was just sent: the time to its answer counts from now."""
+        self.start, self._paused_at = time.monotonic(), None
+
+    def pause(self) -> None:
+        """Stop the clock: the caller is busy with something other than this response."""
+        if self._paused_at is None:
+            self._paused_at = time.monotonic()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self.start += time.monotonic() - self._paused_at
+            self._paused_at = None
+
+    def due(self) -> bool:
+        """Past the deadline while running: the watcher may cut the socket."""
+        return self._paused_at is None and time.monotonic() > self.limit()
 
     def attach(self, sock: socket.socket | None) -> None:
         """Shut ``sock`` down when the deadline passes (until :meth:`detach`); None is ignored."""
@@ -76,6 +108,33 @@ class Deadline:
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
+
+
+_CURRENT = threading.local()
+
+
+def current() -> Deadline | None:
+    """The deadline of the innermost :func:`scope` on this thread, if any."""
+    found: Deadline | None = getattr(_CURRENT, "deadline", None)
+    return found
+
+
+@contextlib.contextmanager
+def scope(deadline: Deadline) -> Iterator[Deadline]:
+    """Within, every read of the project's httpx clients on this thread ends by
+    ``deadline`` (sync httpx reads in the calling thread). The deadline runs
+    only inside its scopes; re-entering the current one changes nothing."""
+    outer = current()
+    if outer is deadline:
+        yield deadline
+        return
+    _CURRENT.deadline = deadline
+    deadline.resume()
+    try:
+        yield deadline
+    finally:
+        deadline.pause()
+        _CURRENT.deadline = outer
 
 
 class _Watcher:
@@ -101,7 +160,7 @@ class _Watcher:
         while True:
             time.sleep(TICK)
             with self._lock:
-                due = [d for d in self._watched if time.monotonic() > d.limit()]
+                due = [d for d in self._watched if d.due()]
                 self._watched.difference_update(due)
                 if not self._watched and not due:
                     self._thread = None
@@ -114,11 +173,7 @@ _WATCHER = _Watcher()
 
 
 def socket_of(response: object) -> socket.socket | None:
-    """The socket under an httpx, requests, urllib3 or botocore response, if it can be found."""
-    extensions = getattr(response, "extensions", None)
-    if isinstance(extensions, dict) and "network_stream" in extensions:
-        sock = extensions["network_stream"].get_extra_info("socket")
-        return sock if isinstance(sock, socket.socket) else None
+    """The socket under a requests, urllib3 or botocore response, if it can be found."""
     for inner in ("_raw_stream", "raw"):  # botocore's StreamingBody, requests' Response
         if hasattr(response, inner):
             return socket_of(getattr(response, inner))
@@ -131,32 +186,15 @@ def socket_of(response: object) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def read_bounded(chunks: Iterable[bytes], limit: int, deadline: Deadline) -> bytes:
-    """A small document whole: refused over ``limit`` bytes, or when ``deadline`` passes."""
+def read_bounded(chunks: Iterable[bytes], limit: int, what: str) -> bytes:
+    """A small document whole, refused over ``limit`` bytes; time is bounded by the
+    caller's :func:`scope` (or by the reader of ``chunks``)."""
     data = bytearray()
     for chunk in chunks:
         data += chunk
         if len(data) > limit:
-            raise ManifestError(f"{deadline.what}: over the {limit} byte limit")
-        deadline.feed(len(chunk))
+            raise ManifestError(f"{what}: over the {limit} byte limit")
     return bytes(data)
 
 
-def read_response(response: httpx.Response, limit: int, deadline: Deadline) -> bytes:
-    """An httpx streamed response's body whole, within ``limit`` bytes and ``deadline``.
-
-    The deadline shuts the socket when it passes, so the read that was blocked
-    fails; that failure is reported as the deadline, not as a network error.
-    """
-    deadline.attach(socket_of(response))
-    try:
-        return read_bounded(response.iter_bytes(), limit, deadline)
-    except httpx.TransportError as exc:
-        if deadline.expired():
-            raise deadline.error() from exc
-        raise
-    finally:
-        deadline.detach()
-
-
-__all__ = ["Deadline", "read_bounded", "read_response", "socket_of"]
+__all__ = ["Deadline", "current", "read_bounded", "scope", "socket_of"]

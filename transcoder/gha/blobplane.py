@@ -10,8 +10,9 @@ Download (v1 and v2): one streamed ranged GET for the range asked for; if the
 stream breaks it is resumed from where it stopped, and a 401/403 (the signed
 URL expired, ~10 minutes on github.com) asks the service for a fresh URL.
 Each ranged GET has a deadline that grows with the bytes received (the
-policy's :class:`~transcoder.gha.retry.Deadlines`): a trickling server fails
-it, a big healthy download does not.
+policy's :class:`~transcoder.gha.retry.Deadlines`), headers included and
+counted only while we wait on the server: a trickling server fails it, a big
+healthy download does not.
 
 Signed URLs are credentials: they are held as :class:`Secret` and every
 message shows them through :func:`redact_url` only.
@@ -27,7 +28,7 @@ from xml.sax.saxutils import escape
 
 import httpx
 
-from ..deadline import Deadline, socket_of
+from ..deadline import Deadline, scope
 from ..errors import AuthError, NotFound, SinkError, TransientError
 from ..redact import Secret, redact_url, scrub
 from .chunks import Chunk, ChunkPipe
@@ -130,7 +131,9 @@ def blob_size(http: httpx.Client, policy: RetryPolicy, url: Secret, what: str) -
 
     def attempt() -> int:
         try:
-            with http.stream("GET", url.reveal(), headers={"x-ms-version": MS_VERSION, "range": "bytes=0-0"}) as resp:
+            headers = {"x-ms-version": MS_VERSION, "range": "bytes=0-0"}
+            with scope(Deadline(f"{what}: answer", policy.deadlines.answer)), http.stream("GET", url.reveal(),
+                                                                                          headers=headers) as resp:
                 if resp.status_code == 416:  # empty blob: "bytes */0"
                     return _range_total(resp, what)
                 check_blob_response(resp, what, (200, 206))
@@ -198,18 +201,12 @@ class RangedReader(io.RawIOBase):
     def _next_piece(self) -> bytes:
         if self._iter is None:
             self._open()
-        assert self._iter is not None
-        deadline = self._deadline
+        assert self._iter is not None and self._deadline is not None
         try:
-            piece = next(self._iter, b"")
-            if deadline is not None and piece:
-                deadline.feed(len(piece))
-            if deadline is not None and (not piece or self.pos + len(piece) >= self.end):
-                deadline.detach()  # the connection may go back to the pool: never cut it later
+            with scope(self._deadline):
+                piece = next(self._iter, b"")
         except httpx.TransportError as exc:
             self._drop()
-            if deadline is not None and deadline.expired():
-                raise deadline.error() from exc
             raise transport_error(exc, self.what) from exc
         except SinkError:
             self._drop()
@@ -227,7 +224,8 @@ class RangedReader(io.RawIOBase):
         self.requests += 1
         deadline = self._policy.deadlines.download(self.what)
         try:
-            resp = self._http.send(req, stream=True)
+            with scope(deadline):
+                resp = self._http.send(req, stream=True)
         except httpx.TransportError as exc:
             raise transport_error(exc, self.what) from exc
         if resp.status_code in (401, 403):
@@ -237,7 +235,7 @@ class RangedReader(io.RawIOBase):
         if resp.status_code == 416:  # asked past the end: the blob is shorter than ``end``
             resp.close()
             self.end = self.pos
-            self._resp, self._iter = None, iter(())
+            self._resp, self._iter, self._deadline = None, iter(()), deadline
             return
         if resp.status_code not in (200, 206):
             resp.close()
@@ -247,7 +245,6 @@ class RangedReader(io.RawIOBase):
             raise SinkError(f"{self.what}: the blob store ignored the Range header")
         self.end = min(self.end, self._total(resp))
         self._resp, self._iter, self._deadline = resp, resp.iter_raw(), deadline
-        deadline.attach(socket_of(resp))
 
     def _total(self, resp: httpx.Response) -> int:
         """The blob's length from Content-Range (206) or Content-Length (200)."""
@@ -258,8 +255,6 @@ class RangedReader(io.RawIOBase):
         return int(length) if length.isdigit() else self.end
 
     def _drop(self) -> None:
-        if self._deadline is not None:
-            self._deadline.detach()
         if self._resp is not None:
             self._resp.close()
         self._resp, self._iter, self._deadline = None, None, None

@@ -9,15 +9,15 @@ Reserving a key that exists, or is merely reserved by someone else, raises
 :class:`~transcoder.errors.Conflict`; there is no delete and no listing.
 
 The HTTP transport is injectable (``httpx.Client(transport=...)``) so tests can
-inject faults without patching.
+inject faults without patching; the client comes from
+:func:`~transcoder.httpclient.new_client`, so every read honours the
+response deadlines of :mod:`.retry`.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
-import socket
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -30,6 +30,7 @@ import httpx
 
 from .. import __version__
 from ..errors import NotFound, SinkError
+from ..httpclient import new_client
 from ..redact import Secret, scrub
 from .blobplane import DEFAULT_BLOCK, DEFAULT_IN_FLIGHT, RangedReader, blob_size
 from .env import GhaConfig
@@ -82,11 +83,6 @@ def _install_log_filter() -> None:
 _install_log_filter()
 
 
-def _proxied() -> bool:
-    """httpx honours proxy variables only with its own transports; keep them when a proxy is set."""
-    return any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"))
-
-
 def check_key(key: str) -> str:
     if not key or len(key) > MAX_KEY or "," in key:
         raise SinkError(f"cache key {key[:80]!r}: must be 1-{MAX_KEY} characters without commas")
@@ -117,11 +113,8 @@ class CacheClient(ABC):
         self.block_size = block_size
         self.in_flight = in_flight
         limits = httpx.Limits(max_connections=max(8, 2 * in_flight), max_keepalive_connections=max(8, 2 * in_flight))
-        if transport is None and not _proxied():
-            # Bodies go out in slices; without TCP_NODELAY a slice can wait for the peer's delayed ACK.
-            transport = httpx.HTTPTransport(limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-        self.http = httpx.Client(transport=transport, limits=limits, timeout=httpx.Timeout(60.0, connect=10.0),
-                                 headers={"user-agent": USER_AGENT}, follow_redirects=False)
+        self.http = new_client(transport=transport, nodelay=True, limits=limits, timeout=httpx.Timeout(60.0, connect=10.0),
+                               headers={"user-agent": USER_AGENT}, follow_redirects=False)
         self.calls: Counter[str] = Counter()
         self._calls_lock = threading.Lock()
 

@@ -30,7 +30,7 @@ from typing import TypeVar
 import httpx
 import tenacity
 
-from ..deadline import Deadline, read_response
+from ..deadline import Deadline, read_bounded, scope
 from ..errors import SinkError, TransientError
 
 T = TypeVar("T")
@@ -157,12 +157,13 @@ def send_tracked(send: Callable[[], httpx.Response], what: str, state: dict[str,
 
 def answer(http: httpx.Client, request: httpx.Request, what: str, seconds: float) -> httpx.Response:
     """Send ``request`` and read its answer whole, within ``seconds`` of sending and
-    at most MAX_ANSWER bytes; returns the answer loaded (``.content`` works)."""
-    resp = http.send(request, stream=True)
-    try:
-        body = read_response(resp, MAX_ANSWER, Deadline(f"{what}: answer", seconds))
-    finally:
-        resp.close()
+    at most MAX_ANSWER bytes, headers included; returns the answer loaded (``.content`` works)."""
+    with scope(Deadline(f"{what}: answer", seconds)):
+        resp = http.send(request, stream=True)
+        try:
+            body = read_bounded(resp.iter_bytes(), MAX_ANSWER, f"{what}: answer")
+        finally:
+            resp.close()
     # The body is decoded already: drop the headers that describe its wire form.
     headers = [(k, v) for k, v in resp.headers.multi_items()
                if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]

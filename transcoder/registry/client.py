@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ..deadline import Deadline, read_response
+from ..deadline import read_bounded, scope
 from ..descriptor import DOCKER_LIST, DOCKER_MANIFEST, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, Descriptor
 from ..digest import Digest, is_digest
 from ..errors import AuthError, DigestMismatch, ManifestError, NotFound, SinkError, TransientError
@@ -69,12 +69,13 @@ class RegistryClient(RegistryHTTP):
         """A manifest or index, bounded and checked against the digest asked for
         (or, by tag, against the digest the registry claims)."""
         what = f"manifest {ref}"
-        resp = self.request("GET", f"/v2/{repo}/manifests/{_ref_segment(ref)}", what=what, repo=repo, stream=True,
-                            headers={"Accept": ", ".join(dict.fromkeys([*accept, *MANIFEST_ACCEPT]))})
-        try:
-            data = self._read_bounded(resp, limit, f"{self.where(repo)}: {what}")
-        finally:
-            resp.close()
+        with scope(self.deadline(repo, what)):  # the answer whole, headers and body
+            resp = self.request("GET", f"/v2/{repo}/manifests/{_ref_segment(ref)}", what=what, repo=repo, stream=True,
+                                headers={"Accept": ", ".join(dict.fromkeys([*accept, *MANIFEST_ACCEPT]))})
+            try:
+                data = self._read_bounded(resp, limit, f"{self.where(repo)}: {what}")
+            finally:
+                resp.close()
         digest = Digest.of(data)
         claimed = resp.headers.get("docker-content-digest", "")
         expected = ref if isinstance(ref, Digest) else (Digest(claimed) if is_digest(claimed) else None)
@@ -82,15 +83,12 @@ class RegistryClient(RegistryHTTP):
             raise DigestMismatch(f"{self.where(repo)}: {what}: content is {digest}, expected {expected}")
         return FetchedManifest(data, _media_type_of(data, resp.headers.get("content-type", "")), digest)
 
-    # A server trickling bytes defeats per-read timeouts; a whole small
-    # document must arrive within this many seconds.
-    read_deadline = 60.0
-
     def _read_bounded(self, resp: httpx.Response, limit: int, what: str) -> bytes:
+        """The body within ``limit`` bytes; time is bounded by the caller's deadline scope."""
         length = resp.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
             raise ManifestError(f"{what}: {length} bytes is over the {limit} byte limit")
-        return read_response(resp, limit, Deadline(what, self.read_deadline))
+        return read_bounded(resp.iter_bytes(), limit, what)
 
     def head_manifest(self, repo: str, ref: str | Digest) -> Descriptor | None:
         try:
@@ -232,7 +230,7 @@ class RegistryClient(RegistryHTTP):
 
     def cancel_upload(self, repo: str, location: str) -> None:
         """Best effort: an upload the registry cannot cancel expires on its own."""
-        with contextlib.suppress(httpx.HTTPError):
+        with contextlib.suppress(httpx.HTTPError, SinkError), scope(self.deadline(repo, "cancel upload")):
             self._http.delete(self.url(location), timeout=10.0).close()
 
     def _location(self, resp: httpx.Response, repo: str) -> str:

@@ -12,6 +12,10 @@ idempotent request that met a reset, a timeout, 429 or 5xx, is retried with
 backoff, honouring ``Retry-After``. Uploads restart or resume in
 :mod:`.upload`, which knows what the registry already holds.
 
+Deadlines: every request's answer (headers, and the body of a small
+document) must arrive within ``read_deadline`` seconds of being sent, so a
+server trickling bytes cannot hold a client (:mod:`transcoder.deadline`).
+
 Errors name the registry, the repository and what was asked, never a secret:
 401 and 403 are AuthError, 404 NotFound, 429 and 5xx TransientError.
 """
@@ -32,7 +36,9 @@ import httpx
 import tenacity
 
 from .. import __version__
+from ..deadline import Deadline, current, scope
 from ..errors import AuthError, NotFound, SinkError, TransientError
+from ..httpclient import new_client
 from ..redact import Secret
 from .auth import RegistryAuth
 from .credentials import Credentials, load_docker_credentials
@@ -131,7 +137,7 @@ class RegistryHTTP:
         self.attempts = attempts
         self.requests = 0  # every request sent, retries and auth round trips included
         self._auth = RegistryAuth(host, self.credentials, self._token_request)
-        self._http = httpx.Client(
+        self._http = new_client(
             transport=transport, verify=_tls_context(not insecure), auth=self._auth,
             timeout=httpx.Timeout(timeout, connect=10.0),
             headers={"User-Agent": f"transcoder/{__version__}"}, event_hooks={"request": [self._count]},
@@ -139,8 +145,16 @@ class RegistryHTTP:
         self._base: str | None = None
         self._lock = threading.Lock()
 
+    # A server trickling bytes defeats per-read timeouts: an answer's headers (and
+    # a whole small document) must arrive within this many seconds of the request.
+    read_deadline = 60.0
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(host={self.host!r}, credentials={self.credentials!r})"
+
+    def deadline(self, repo: str | None, what: str) -> Deadline:
+        """The caller's deadline scope if it set one, else a new one for this answer."""
+        return current() or Deadline(f"{self.where(repo)}: {what}", self.read_deadline)
 
     def close(self) -> None:
         self._http.close()
@@ -153,9 +167,10 @@ class RegistryHTTP:
     ) -> httpx.Response:
         # httpx.Auth() sends nothing: the client's RegistryAuth must not answer for the token service.
         auth = httpx.BasicAuth(basic[0], basic[1].reveal()) if basic else httpx.Auth()
-        if method == "POST":
-            return self._http.post(realm, data=fields, auth=auth)
-        return self._http.get(realm, params=fields, auth=auth)
+        with scope(self.deadline(None, "token")):
+            if method == "POST":
+                return self._http.post(realm, data=fields, auth=auth)
+            return self._http.get(realm, params=fields, auth=auth)
 
     # -- transport ---------------------------------------------------------
 
@@ -171,7 +186,8 @@ class RegistryHTTP:
         if not self.plain_allowed:
             return secure
         try:
-            self._http.get(secure + "/v2/", auth=None, timeout=5.0).close()
+            with scope(Deadline(f"{self.where(None)}: probe", self.read_deadline)):
+                self._http.get(secure + "/v2/", auth=None, timeout=5.0).close()
             return secure
         except httpx.TransportError as exc:
             if (reason := _untrusted(exc)) is not None:  # it speaks TLS: never fall back to plain HTTP
@@ -202,7 +218,8 @@ class RegistryHTTP:
         def attempt() -> httpx.Response:
             try:
                 request = self._http.build_request(method, url, **kwargs)
-                response = self._http.send(request, stream=stream, follow_redirects=redirects)
+                with scope(self.deadline(repo, what)):
+                    response = self._http.send(request, stream=stream, follow_redirects=redirects)
             except httpx.TransportError as exc:
                 if (reason := _untrusted(exc)) is not None:
                     raise self._untrusted_error(reason) from exc

@@ -136,6 +136,9 @@ class ObjectReader(io.RawIOBase):
     bytes raises, so a cut connection is never taken for the end of a blob.
     With a ``deadline`` (whose socket the store attached), a read past it
     raises the deadline's error, whatever the library made of the cut socket.
+    The deadline runs only inside reads (a slow consumer is not a slow
+    server), and reads are at most READ_BUFFER bytes, so progress is counted
+    while a big read is under way.
     """
 
     def __init__(self, read: Callable[[int], bytes], close: Callable[[], None], expected: int, what: str,
@@ -143,6 +146,8 @@ class ObjectReader(io.RawIOBase):
         super().__init__()
         self._read, self._close, self._left, self._what, self._errors = read, close, expected, what, errors
         self._deadline = deadline
+        if deadline is not None:
+            deadline.pause()  # the response has begun; the clock runs again in readinto
 
     def readable(self) -> bool:
         return True
@@ -150,16 +155,22 @@ class ObjectReader(io.RawIOBase):
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         if self._left <= 0:
             return 0
+        deadline = self._deadline
+        if deadline is not None:
+            deadline.resume()
         try:
-            data = self._read(min(len(buffer), self._left))
+            data = self._read(min(len(buffer), self._left, READ_BUFFER))
         except Exception as exc:
-            if self._deadline is not None and self._deadline.expired():
-                raise self._deadline.error() from exc
+            if deadline is not None and deadline.expired():
+                raise deadline.error() from exc
             if isinstance(exc, TranscoderError):
                 raise
             raise self._errors(exc) from exc
-        if self._deadline is not None:
-            self._deadline.feed(len(data))
+        finally:
+            if deadline is not None:
+                deadline.pause()
+        if deadline is not None:
+            deadline.feed(len(data))
         if not data:
             raise StoreError(f"{self._what}: response ended {self._left} bytes early")
         n = len(data)
@@ -360,7 +371,8 @@ class ObjectSink(BlobManifests):
         digest = as_digest(digest)
         if offset < 0 or (length is not None and length < 0):
             raise InputError(f"{self.location}: blob {digest}: bad range offset={offset} length={length}")
-        return self.store.get(self.blob_key(digest), offset, length)
+        deadline = Deadline(f"{self.location}: blob {digest}", self.download_allowance, min_rate=self.download_min_rate)
+        return self.store.get(self.blob_key(digest), offset, length, deadline=deadline)
 
     def blob_writer(self, media_type: str, *, key_hint: str | None = None, size_hint: int | None = None) -> ObjectWriter:
         hint = Digest.parse(key_hint) if key_hint and is_digest(key_hint) else None
@@ -376,8 +388,12 @@ class ObjectSink(BlobManifests):
     # -- records ---------------------------------------------------------------
 
     # A server trickling bytes defeats per-read timeouts: a record or a
-    # manifest must arrive whole within this many seconds.
+    # manifest must arrive whole within this many seconds; a blob within
+    # download_allowance seconds plus one per download_min_rate bytes, so a
+    # big healthy download passes. Only time spent waiting on the service counts.
     read_deadline = 60.0
+    download_allowance = 60.0
+    download_min_rate = 64 << 10
 
     def get_manifest(self, desc: Descriptor) -> bytes:
         what = f"manifest {desc.digest}"
