@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .codecs import Format, ZstdParams, detect, iter_gzip, iter_zstd
-from .codecs.framepool import FramePool
+from .codecs.framepool import EncoderThreads, FramePool
 from .descriptor import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, Descriptor
 from .digest import Digest
 from .errors import DigestMismatch, FormatError, SizeLimitExceeded, SizeMismatch
@@ -170,19 +170,22 @@ def transcode_stream(
     name: str = "input",
     progress: Progress | None = None,
     tee: BlobWriter | None = None,
+    threads: EncoderThreads | None = None,
 ) -> TranscodeResult:
     """Transcode one layer blob to zstd; commit to ``writer`` only if all checks pass.
 
     ``tee``, if given, receives the source bytes as they are read and is
     committed under the source digest, so a sink can keep the canonical blob
-    without a second read. Always either commits or aborts every writer, even
-    on error or interrupt.
+    without a second read. ``threads``, if given, are compressing threads
+    shared with other transcodes running at once (then ``workers`` only sizes
+    this one's frames in flight). Always either commits or aborts every
+    writer, even on error or interrupt.
     """
     params = params or ZstdParams()
     started = time.perf_counter()
     src = _SourceReader(stream, progress, tee)
     info = _Decoded()
-    with FramePool(params, workers or default_workers()) as pool:
+    with FramePool(params, workers or default_workers(), threads=threads) as pool:
         thread = threading.Thread(target=_decode_thread, args=(src, name, max_size, pool, info), daemon=True)
         thread.start()
         try:

@@ -35,23 +35,90 @@ from .zstd import FRAME_SIZE, ZstdParams
 _END = object()
 
 
+_Job = tuple["_Encoder", bytes, "Future[bytes]"]
+
+
+class EncoderThreads:
+    """Dedicated compressing threads and the frames waiting for them.
+
+    One group serves one pipeline, or several running at once (an image's
+    layers): then the cores are shared by frames, not split by layer, and a
+    layer left alone at the end still has every thread.
+    """
+
+    def __init__(self, dedicated: int) -> None:
+        self._waiting: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        # A producer helps once every dedicated thread has a frame waiting.
+        self.help_at = dedicated + 1
+        self._threads = [threading.Thread(target=self._work, name=f"zstd-{i}", daemon=True) for i in range(dedicated)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: _Job) -> None:
+        with self._cond:
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def help(self) -> None:
+        """Run in a producer: compress the oldest waiting frames while the threads have enough."""
+        while True:
+            with self._cond:
+                if len(self._waiting) < self.help_at:
+                    return
+                job = self._waiting.popleft()
+            _run(*job)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closed:
+                    self._cond.wait()
+                if not self._waiting:
+                    return
+                job = self._waiting.popleft()
+            _run(*job)
+
+    def close(self) -> None:
+        """Finish the waiting frames' cancellation and end the threads."""
+        with self._cond:
+            self._closed = True
+            for _encode, _frame, future in self._waiting:
+                future.cancel()
+            self._waiting.clear()
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    def __enter__(self) -> EncoderThreads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _run(encode: _Encoder, frame: bytes, future: Future[bytes]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(encode(frame))
+    except BaseException as exc:
+        future.set_exception(exc)
+
+
 class FramePool:
-    def __init__(self, params: ZstdParams, workers: int, frame_size: int = FRAME_SIZE) -> None:
+    def __init__(self, params: ZstdParams, workers: int, frame_size: int = FRAME_SIZE,
+                 threads: EncoderThreads | None = None) -> None:
+        """``workers`` compressing threads counting the producer, or ``threads`` shared with other pools."""
         allocator.tune()  # frame-sized buffers reused from the heap, not faulted in anew
         self._frame_size = frame_size
         self._encode = _Encoder(params)
         workers = max(1, workers)
         # Futures in stream order, for the consumer; its bound is the memory bound.
         self._ready: queue.Queue[Any] = queue.Queue(2 * workers)
-        # Frames not yet started, for whichever thread gets there first.
-        self._waiting: deque[tuple[bytes, Future[bytes]]] = deque()
-        self._cond = threading.Condition()
-        self._closed = False
-        # The producer helps once every dedicated worker has a frame waiting.
-        self._help_at = workers
-        self._threads = [threading.Thread(target=self._work, name=f"zstd-{i}", daemon=True) for i in range(workers - 1)]
-        for thread in self._threads:
-            thread.start()
+        self._own = threads is None
+        self._threads = EncoderThreads(workers - 1) if threads is None else threads
         self._parts: list[memoryview] = []
         self._room = frame_size
         self._submitted = 0
@@ -88,38 +155,8 @@ class FramePool:
         self._submitted += 1
         future: Future[bytes] = Future()
         self._ready.put((frame, future))  # blocks while too many frames are in flight
-        with self._cond:
-            self._waiting.append((frame, future))
-            self._cond.notify()
-        self._help()
-
-    def _help(self) -> None:
-        """Compress waiting frames in the producer while the dedicated workers have enough."""
-        while True:
-            with self._cond:
-                if len(self._waiting) < self._help_at:
-                    return
-                job = self._waiting.popleft()
-            self._run(*job)
-
-    def _work(self) -> None:
-        """A dedicated worker: waiting frames, oldest first, until the pool closes."""
-        while True:
-            with self._cond:
-                while not self._waiting and not self._closed:
-                    self._cond.wait()
-                if not self._waiting:
-                    return
-                job = self._waiting.popleft()
-            self._run(*job)
-
-    def _run(self, frame: bytes, future: Future[bytes]) -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(self._encode(frame))
-        except BaseException as exc:
-            future.set_exception(exc)
+        self._threads.submit((self._encode, frame, future))
+        self._threads.help()
 
     # -- consumer side -----------------------------------------------------
 
@@ -156,14 +193,8 @@ class FramePool:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self._closed = True
-            for _frame, future in self._waiting:
-                future.cancel()
-            self._waiting.clear()
-            self._cond.notify_all()
-        for thread in self._threads:
-            thread.join()
+        if self._own:
+            self._threads.close()
 
 
 class _Encoder:

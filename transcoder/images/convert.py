@@ -11,12 +11,14 @@ that ``gc`` removes).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..codecs import ZstdParams
+from ..codecs.framepool import EncoderThreads
 from ..descriptor import (
     ANNOTATION_REF_NAME,
     ANNOTATION_ZSTD,
@@ -32,6 +34,7 @@ from ..digest import Digest
 from ..errors import ManifestError, UsageError
 from ..records import ImageRecord
 from ..sinks.base import Sink, put_bytes
+from ..transcode import default_workers
 from ..variants import VariantTable
 from .layers import LayerJob, LayerOutcome, ProgressFactory
 from .model import Index, Manifest, build_index, canonical_json, matches_platform, oci_config_type, parse, platform_of_config
@@ -173,7 +176,13 @@ def _check_layers_present(source: ImageSource, p: Plan) -> None:
 
 def _run_layers(job: LayerJob, p: Plan, jobs: int) -> dict[Digest, LayerOutcome]:
     unique = {x.digest: x for m in p.manifests for x in m.manifest.layers}
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="layer") as pool:
+    # Layers in flight share one group of compressing threads (each layer's
+    # decode thread is one more), so cores are not oversubscribed while
+    # several run and the last layer alone still gets them all.
+    workers = job.workers or default_workers()
+    with EncoderThreads(max(0, workers - 1)) as threads, \
+            ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="layer") as pool:
+        job = dataclasses.replace(job, threads=threads)
         futures = {d: pool.submit(job.run, layer) for d, layer in unique.items()}
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
     if errors:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..codecs import ZstdParams
+from ..codecs.framepool import EncoderThreads
 from ..descriptor import GZIP_LAYER_TYPES, OCI_LAYER_ZSTD, TAR_LAYER_TYPES, ZSTD_LAYER_TYPES, Descriptor
 from ..faults import crashpoint
 from ..records import VariantRecord
@@ -75,6 +76,8 @@ class LayerJob:
     workers: int | None
     max_size: int | None
     progress: ProgressFactory | None = None
+    # Compressing threads shared by the layers in flight (see _run_layers).
+    threads: EncoderThreads | None = None
 
     def run(self, layer: Descriptor) -> LayerOutcome:
         started = time.perf_counter()
@@ -120,6 +123,7 @@ class LayerJob:
             result = transcode_stream(
                 stream, writer, params=self.params, workers=self.workers, expect=layer.digest, expect_size=layer.size,
                 max_size=self.max_size, name=f"{self.source.name}: layer {layer.digest}", progress=tick, tee=tee,
+                threads=self.threads,
             )
         if mount_later:
             copy_blob(self.source, self.sink, layer)
