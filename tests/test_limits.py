@@ -397,6 +397,34 @@ def test_registry_trickling_headers_are_stopped(method: str, registry: Any, monk
     assert proxy.trickled
 
 
+@pytest.mark.peers
+def test_registry_trickling_blob_read_is_stopped(registry: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer download from a registry that trickles its body fails in time with one clear line;
+    the same blob read directly passes."""
+    from transcoder.digest import Digest
+    from transcoder.registry import stream
+    from transcoder.registry.client import RegistryClient
+    from transcoder.registry.upload import push_blob
+
+    data = hashlib.sha256(b"registry-blob").digest() * (4 * MiB // 32)
+    digest = Digest.of(data)
+    direct = RegistryClient(registry.host)
+    try:
+        push_blob(direct, "limits/blob", data, digest)
+        assert _drain(direct.open_blob("limits/blob", digest)) == digest.hex
+    finally:
+        direct.close()
+    monkeypatch.setattr(stream, "DOWNLOAD_ALLOWANCE", BOUND)
+    with TrickleProxy(registry.url, match=f"GET /v2/limits/blob/blobs/{digest}".encode(), interval=TRICKLE) as proxy:
+        client = RegistryClient(f"127.0.0.1:{proxy.port}")
+        try:
+            _stopped_in_time(lambda: _drain(client.open_blob("limits/blob", digest)),
+                             f"registry 127.0.0.1:{proxy.port}", "limits/blob", f"blob {digest}")
+        finally:
+            client.close()
+    assert proxy.trickled
+
+
 def _drain(f: Any) -> str:
     """Read a blob in 1 MiB pieces, as the pipeline does; its sha256."""
     digest = hashlib.sha256()

@@ -13,10 +13,16 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
+from ..deadline import Deadline, scope
 from ..errors import TransientError
 
 READ_CHUNK = 1 << 20
 RESUMES = 3
+# A response must keep coming: DOWNLOAD_ALLOWANCE seconds plus one per
+# DOWNLOAD_MIN_RATE bytes received (a slow-loris server is cut off, a slow
+# but healthy download of any size passes). Only time spent waiting counts.
+DOWNLOAD_ALLOWANCE = 60.0
+DOWNLOAD_MIN_RATE = 64 << 10
 
 # opener(start, end) -> a streaming response for bytes [start, end] (end None: to
 # the end); 206 if the server honoured the range, 200 if it sent the whole blob,
@@ -38,18 +44,24 @@ class BlobReader(io.RawIOBase):
         self._pending = memoryview(b"")
         self._response: httpx.Response | None = None
         self._chunks: Iterator[bytes] | None = None
+        self._deadline = self._new_deadline()
         self._open()
 
     def readable(self) -> bool:
         return True
 
+    def _new_deadline(self) -> Deadline:
+        return Deadline(f"{self.name}: download", DOWNLOAD_ALLOWANCE, min_rate=DOWNLOAD_MIN_RATE)
+
     def _open(self) -> None:
+        self._deadline = self._new_deadline()  # each request (and resume) gets its own
         first = self._start + self._pos
         last = None if self._length is None else self._start + self._length - 1
         if last is not None and first > last:
             self._chunks = iter(())
             return
-        response = self._opener(first, last)
+        with scope(self._deadline):
+            response = self._opener(first, last)
         self._response = response
         if response.status_code == 416:
             self._chunks = iter(())
@@ -63,7 +75,8 @@ class BlobReader(io.RawIOBase):
     def _skip(self, count: int) -> None:
         assert self._chunks is not None
         while count > 0:
-            chunk = next(self._chunks, b"")
+            with scope(self._deadline):
+                chunk = next(self._chunks, b"")
             if not chunk:
                 raise TransientError(f"{self.name}: the server sent fewer bytes than the requested offset")
             if len(chunk) > count:
@@ -75,7 +88,8 @@ class BlobReader(io.RawIOBase):
         assert self._chunks is not None
         while True:
             try:
-                return next(self._chunks, b"")
+                with scope(self._deadline):
+                    return next(self._chunks, b"")
             except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
                 if self._resumes >= RESUMES:
                     raise TransientError(f"{self.name}: download broke off after {self._pos} bytes "
