@@ -315,8 +315,9 @@ def test_gha_slow_but_healthy_download_passes(gha_emulator: Any) -> None:
     assert took > 1.0
 
 
-def _object_sink_reads(spec_for: Callable[[str], str], upstream: str, prefix: str, what: str) -> None:
-    """Through a slow-loris, a record and a manifest read from the sink each fail in time."""
+def _object_sink_reads(spec_for: Callable[[str], str], upstream: str, prefix: str, what: str, headers: bool) -> None:
+    """Through a slow-loris (trickling the body, or from the status line on), a record and a
+    manifest read from the sink each fail in time."""
     from transcoder.codecs import ZstdParams
     from transcoder.descriptor import OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor
     from transcoder.digest import Digest
@@ -338,7 +339,7 @@ def _object_sink_reads(spec_for: Callable[[str], str], upstream: str, prefix: st
         (f"{prefix}/variants/".encode(), lambda s: s.find_variants(source.digest), f"record {prefix}/variants/"),
     ]
     for match, read, named in reads:
-        with TrickleProxy(upstream, match=match, interval=TRICKLE) as proxy:
+        with TrickleProxy(upstream, match=match, interval=TRICKLE, headers=headers) as proxy:
             sink = open_sink(spec_for(proxy.url))
             sink.read_deadline = BOUND  # type: ignore[attr-defined]
             try:
@@ -349,23 +350,25 @@ def _object_sink_reads(spec_for: Callable[[str], str], upstream: str, prefix: st
 
 
 @pytest.mark.peers
-def test_s3_trickling_reads_are_stopped(moto_s3: Any) -> None:
+@pytest.mark.parametrize("headers", [False, True], ids=["body", "headers"])
+def test_s3_trickling_reads_are_stopped(headers: bool, moto_s3: Any) -> None:
     from tests.sink_contract import S3_KEY_ID, S3_REGION, new_bucket
 
     bucket = new_bucket(moto_s3.endpoint_url)
     _object_sink_reads(lambda url: (f"type=s3,bucket={bucket},region={S3_REGION},endpoint_url={url},prefix=slow,"
                                     f"access_key_id={S3_KEY_ID},secret_access_key=slow-test"),
-                       moto_s3.endpoint_url, "slow", f"s3:{bucket}/slow")
+                       moto_s3.endpoint_url, "slow", f"s3:{bucket}/slow", headers)
 
 
 @pytest.mark.peers
-def test_azblob_trickling_reads_are_stopped(azurite: Any) -> None:
+@pytest.mark.parametrize("headers", [False, True], ids=["body", "headers"])
+def test_azblob_trickling_reads_are_stopped(headers: bool, azurite: Any) -> None:
     from tests.sink_contract import new_container
 
     container = new_container(azurite.connection_string)
     upstream = "http://" + urlsplit(azurite.blob_endpoint).netloc
     _object_sink_reads(lambda url: (f"type=azblob,account_url={url}/{azurite.account},name={container},prefix=slow,"
-                                    f"account_key={azurite.key}"), upstream, "slow", f"/{container}/slow")
+                                    f"account_key={azurite.key}"), upstream, "slow", f"/{container}/slow", headers)
 
 
 # --- trickled headers in front of the registry; trickled and slowed blob reads from object stores ------------

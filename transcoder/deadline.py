@@ -28,10 +28,12 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from .errors import ManifestError, SinkError
 
+T = TypeVar("T")
 TICK = 0.1  # how often the watcher looks at the clock
 
 
@@ -111,6 +113,31 @@ class Deadline:
 
 
 _CURRENT = threading.local()
+
+
+def call_within(deadline: Deadline, call: Callable[[], T]) -> T:
+    """``call()`` (an SDK request whose socket cannot be reached before its
+    response headers arrive) on a daemon thread, waited for at most the time
+    left of ``deadline``. Past it the deadline error is raised here and the
+    thread is left to end with its connection; it holds nothing else."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="bounded-call", daemon=True).start()
+    if not done.wait(max(0.0, deadline.left())):
+        deadline.fired = True
+        raise deadline.error()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
 
 
 def current() -> Deadline | None:

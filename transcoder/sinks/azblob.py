@@ -40,7 +40,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ExponentialRetry
 
-from ..deadline import Deadline, socket_of
+from ..deadline import Deadline, call_within, socket_of
 from ..errors import AuthError, NotFound, SinkError, TranscoderError, TransientError, UsageError
 from .objectstore import Leftover, ObjectReader, ObjectSink, buffered
 from .options import Tuning, check_known, int_option, prefix_option, tuning_options
@@ -224,7 +224,11 @@ class _AzStore:
             return self._empty(key)
         hooks: dict[str, Any] = {} if deadline is None else {"raw_response_hook": _watch(deadline)}
         try:
-            stream = self.blob(key).download_blob(offset=offset, length=length, max_concurrency=1, **hooks)
+            def download() -> Any:
+                return self.blob(key).download_blob(offset=offset, length=length, max_concurrency=1, **hooks)
+
+            # The headers (and the SDK's first chunk) too must come within the deadline.
+            stream = download() if deadline is None else call_within(deadline, download)
         except AzureError as exc:
             if deadline is not None and deadline.expired():
                 raise deadline.error() from exc

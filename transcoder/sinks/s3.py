@@ -32,7 +32,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError, ProfileNotFound
 
-from ..deadline import Deadline, socket_of
+from ..deadline import Deadline, call_within, socket_of
 from ..errors import AuthError, Conflict, NotFound, SinkError, TranscoderError, TransientError, UsageError
 from .objectstore import Leftover, ObjectReader, ObjectSink, buffered
 from .options import Tuning, check_known, int_option, prefix_option, tuning_options
@@ -163,7 +163,11 @@ class _S3Store:
         ranged = {"Range": f"bytes={offset}-" + ("" if length is None else str(offset + length - 1))} if offset or length else {}
         try:
             with self.errors(f"read {key}"):
-                response = self.client.get_object(Bucket=self.bucket, Key=key, **ranged)
+                if deadline is None:
+                    response = self.client.get_object(Bucket=self.bucket, Key=key, **ranged)
+                else:  # the headers too must come within the deadline
+                    response = call_within(deadline, lambda: self.client.get_object(Bucket=self.bucket, Key=key,
+                                                                                    **ranged))
         except SinkError as exc:
             if _code(exc) != "InvalidRange":
                 raise
