@@ -61,11 +61,13 @@ class EncoderThreads:
             self._waiting.append(job)
             self._cond.notify()
 
-    def help(self) -> None:
-        """Run in a producer: compress the oldest waiting frames while the threads have enough."""
+    def help(self, finished: bool = False) -> None:
+        """Run in a producer: compress the oldest waiting frames while the threads have enough,
+        or, once the producer has ``finished`` decoding, every waiting frame (its core is free)."""
+        at = 1 if finished else self.help_at
         while True:
             with self._cond:
-                if len(self._waiting) < self.help_at:
+                if len(self._waiting) < at:
                     return
                 job = self._waiting.popleft()
             _run(*job)
@@ -142,6 +144,7 @@ class FramePool:
         if self._parts or not self._submitted:
             self._submit()
         self._ready.put(_END)
+        self._threads.help(finished=True)  # the tail: no core idles while frames wait
 
     def fail(self, exc: BaseException) -> None:
         """The producer failed: ``frames`` raises ``exc`` after the frames before it."""
