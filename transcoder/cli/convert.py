@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-o", "--output", metavar="OUT", help="where to write the zstd blob (blob mode)")
     p.add_argument("--to", metavar="SINK", help="sink spec for image mode, e.g. type=local,dest=DIR")
     p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level 1-19 (default %(default)s)")
-    p.add_argument("--workers", type=int, default=None, help="zstd worker threads (default: number of cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads that compress zstd frames, the decoding one included (default: number of cores)")
     p.add_argument("--expect", metavar="DIGEST", help="refuse the source unless it hashes to this sha256 digest")
     p.add_argument("--max-size", metavar="SIZE", help="refuse sources that decode to more than SIZE (e.g. 10GiB)")
     p.add_argument("--mode", choices=["add", "replace"], default="add",
