@@ -17,7 +17,9 @@ It is enforced where the bytes are read:
 * for libraries that read a whole chunk inside one call (botocore, the Azure
   SDK), a watcher thread shuts the response's socket down once the deadline
   has passed (:meth:`Deadline.attach`), which ends the blocked read with an
-  error the caller turns into :meth:`Deadline.error`.
+  error the caller turns into :meth:`Deadline.error`; their request, whose
+  socket cannot be reached before the headers arrive, runs on a daemon
+  thread waited for at most the deadline (:func:`call_within`).
 
 The error is one line naming what was read and the cause.
 """

@@ -8,9 +8,8 @@ the tar (the diffID) and hands the compressed frames to the writer, which
 hashes what it is given. Every heavy call releases the GIL, so the stages
 overlap on all cores; decoding is the one serial stage, so it carries no more
 than it must. Memory is bounded by the frames in flight (two per worker)
-whatever the layer size. The output is
-committed only after the source digest, the size bound and the output digest
-have all been checked.
+whatever the layer size. The output is committed only after the source
+digest, the size bound and the output digest have all been checked.
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ from .errors import DigestMismatch, FormatError, SizeLimitExceeded, SizeMismatch
 from .faults import crashpoint
 from .writers import BlobWriter, StreamDigest
 
-# Source bytes per read. 256 KiB of gzip decodes to ~1 MiB of tar, which is
-# hashed and copied into its frame while it is still in the core's cache.
+# Source bytes per read. 256 KiB of gzip decodes to ~1 MiB of tar, copied
+# into its frame while it is still in the core's cache.
 CHUNK = 256 << 10
 MEDIA_TYPES = {Format.GZIP: OCI_LAYER_GZIP, Format.ZSTD: OCI_LAYER_ZSTD, Format.TAR: OCI_LAYER_TAR}
 

@@ -53,7 +53,7 @@ class WriterBase(ABC):
     def _check(self, size: int, digest: Digest) -> None:
         if self._size != size:
             raise SizeMismatch(f"{self.name}: wrote {self._size} bytes, expected {size}")
-        actual = Digest.from_hasher(self._hash)
+        actual = self.written_digest()
         if actual != digest:
             raise DigestMismatch(f"{self.name}: wrote {actual}, expected {digest}")
 

@@ -3,17 +3,17 @@
 ``FramePool.add`` takes decoded tar pieces of any size, cuts them at every
 ``FRAME_SIZE`` bytes of the stream and queues each whole frame for
 compression; ``frames`` yields each frame and its compressed form in stream
-order. Where
-the cuts fall depends on the tar only, never on how it arrived or which
-thread compressed it, so the output is deterministic (see ``zstd``).
+order. Where the cuts fall depends on the tar only, never on how it arrived
+or which thread compressed it, so the output is deterministic (see ``zstd``).
 
 Threads: of ``workers`` compressing threads, ``workers - 1`` are dedicated and
 the producer (the decode thread) is the last: whenever every dedicated
 worker already has a frame waiting, the producer compresses the oldest
-waiting frame itself before decoding more. On two cores that keeps exactly
-two threads busy, decode+some zstd and zstd, instead of time-slicing three
-over two cores (which costs libzstd 10-20 % more CPU per byte in cache
-misses), and the split settles wherever the two halves balance.
+waiting frame itself before decoding more, and every waiting frame once it
+has decoded the last. On two cores that keeps exactly two threads busy,
+decode+some zstd and zstd, instead of time-slicing three over two cores
+(measured: more libzstd CPU per byte, longer wall), and the split settles
+wherever the two halves balance.
 
 Memory is bounded: the producer blocks once ``2 x workers`` frames are
 submitted and not yet taken by the consumer, so at most that many frames of
@@ -83,7 +83,7 @@ class EncoderThreads:
             _run(*job)
 
     def close(self) -> None:
-        """Finish the waiting frames' cancellation and end the threads."""
+        """Cancel the frames still waiting and end the threads."""
         with self._cond:
             self._closed = True
             for _encode, _frame, future in self._waiting:

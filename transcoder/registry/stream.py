@@ -44,17 +44,14 @@ class BlobReader(io.RawIOBase):
         self._pending = memoryview(b"")
         self._response: httpx.Response | None = None
         self._chunks: Iterator[bytes] | None = None
-        self._deadline = self._new_deadline()
         self._open()
 
     def readable(self) -> bool:
         return True
 
-    def _new_deadline(self) -> Deadline:
-        return Deadline(f"{self.name}: download", DOWNLOAD_ALLOWANCE, min_rate=DOWNLOAD_MIN_RATE)
-
     def _open(self) -> None:
-        self._deadline = self._new_deadline()  # each request (and resume) gets its own
+        # Each request (and resume) gets its own deadline.
+        self._deadline = Deadline(f"{self.name}: download", DOWNLOAD_ALLOWANCE, min_rate=DOWNLOAD_MIN_RATE)
         first = self._start + self._pos
         last = None if self._length is None else self._start + self._length - 1
         if last is not None and first > last:
