@@ -25,7 +25,7 @@ import secrets
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -318,6 +318,21 @@ class SinkContract:
 
 S3_REGION = "us-east-1"
 S3_KEY_ID = "contract-key-id"
+
+
+def check_object_layout(sink: Sink, prefix: str, list_keys: Callable[[str], list[str]]) -> None:
+    """An object-store sink puts blobs, variant records and image records under ``prefix`` with the
+    documented names, and nothing else; ``list_keys(prefix)`` lists the store directly."""
+    rec = transcode_into(sink, gz(make_tar(30)), 3)
+    root = push_image(sink, 31)
+    sink.put_image(ImageRecord("team/app:1.0", root, created=1234.5))
+    keys, p = sorted(list_keys(prefix)), prefix
+    assert f"{p}blobs/sha256/{rec.target.digest.hex}" in keys
+    assert f"{p}blobs/sha256/{root.digest.hex}" in keys
+    assert f"{p}variants/{rec.source.digest.hex}/{ZstdParams(3).key}/{rec.target.digest.hex}.json" in keys
+    (image_key,) = [k for k in keys if k.startswith(f"{p}images/")]
+    assert image_key.startswith(f"{p}images/team%2Fapp%3A1%2E0/0000000001234.500000-")
+    assert all(k.startswith((f"{p}blobs/", f"{p}variants/", f"{p}images/")) for k in keys)
 
 
 def s3_client(endpoint_url: str) -> Any:
