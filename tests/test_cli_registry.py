@@ -1,6 +1,7 @@
 """The registry flags of ``transcoder convert`` and ``restore`` (``--src-creds``,
-``--src-registry-token``, ``--src-tls-verify``, ``--authfile``) through the CLI,
-against the real registry with htpasswd auth."""
+``--src-registry-token``, ``--src-tls-verify``, the ``--dest-*`` twins for a
+registry sink, ``--authfile``) through the CLI, against the real registry with
+htpasswd auth."""
 
 from __future__ import annotations
 
@@ -169,3 +170,108 @@ def test_src_creds_without_password_off_a_terminal(tmp_path: Path, home: Path) -
                        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no password" in r.stderr
+
+
+def one_line_error(err: str) -> bool:
+    return err.count("\n") == 1 and err.startswith("transcoder: ")
+
+
+def test_dest_creds_push_and_restore(registry_auth: Any, home: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    layout = write_layout(tmp_path / "layout", {"app": [TAR]})
+    good = f"{registry_auth.username}:{registry_auth.password}"
+    repo = repo_name()
+    target = f"type=registry,ref={registry_auth.host}/{repo}:v1"
+    code, out, err = run(capsys, "convert", f"oci:{layout}:app", "--no-table", "--to", target, "--dest-creds", good,
+                         "--dest-tls-verify=true")
+    assert code == 0, err
+    assert registry_auth.password not in out + err
+
+    code, _, err = run(capsys, "restore", f"type=registry,ref={registry_auth.host}/{repo}", "v1",
+                       "-o", f"oci:{tmp_path / 'restored'}", "--src-creds", good, "--src-tls-verify=false")
+    assert code == 0, err
+    assert (tmp_path / "restored" / "index.json").is_file()
+
+    code, out, err = run(capsys, "convert", f"oci:{layout}:app", "--no-table", "--to", target)
+    assert code == 1 and out == "" and one_line_error(err)
+    assert "401" in err and "no credentials given" in err and f"repository {repo}" in err
+
+    code, _, err = run(capsys, "convert", f"oci:{layout}:app", "--no-table", "--to", target,
+                       "--dest-creds", f"{registry_auth.username}:bad-pw-0c4")
+    assert code == 1 and one_line_error(err) and "401" in err and "rejected" in err and "--dest-creds" in err
+    assert "bad-pw-0c4" not in err
+
+    code, _, err = run(capsys, "restore", f"type=registry,ref={registry_auth.host}/{repo}", "v1",
+                       "-o", f"oci:{tmp_path / 'restored2'}", "--src-creds", f"{registry_auth.username}:bad-pw-0c4")
+    assert code == 1 and one_line_error(err) and "401" in err and "bad-pw-0c4" not in err
+
+
+def test_dest_registry_token(registry: Any, tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    front = TokenFront(registry.host, {"writer": ("w-pw-4a", "pull,push")})
+    try:
+        layout = write_layout(tmp_path / "layout", {"app": [TAR]})
+        repo = repo_name()
+        token = front.issue("writer", [f"repository:{repo}:pull,push"])
+        code, _, err = run(capsys, "convert", f"oci:{layout}:app", "--no-table", "--dest-registry-token", token,
+                           "--to", f"type=registry,ref={front.host}/{repo}:v1")
+        assert code == 0, err
+        code, _, err = run(capsys, "convert", f"oci:{layout}:app", "--no-table", "--dest-registry-token", "t0k-bad-4a",
+                           "--to", f"type=registry,ref={front.host}/{repo_name()}:v1")
+        assert code == 1 and one_line_error(err) and "401" in err and "t0k-bad-4a" not in err
+        assert not front.token_requests  # a given token is never traded at the token service
+    finally:
+        front.close()
+
+
+def test_repo_scoped_auth_keys_through_the_cli(image: str, registry_auth: Any, home: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The host key holds a wrong password, host/NAMESPACE the right one: the sink
+    in that namespace and the source under it work, others get a clear 401."""
+    ns = repo_name("scoped")
+    source_repo = image.partition("/")[2].rsplit(":", 1)[0]
+    authfile = tmp_path / "auth.json"
+    right = {"username": registry_auth.username, "password": registry_auth.password}
+    authfile.write_text(json.dumps({"auths": {
+        registry_auth.host: {"username": registry_auth.username, "password": "wrong-pw-77d"},
+        f"{registry_auth.host}/{ns}": right, f"{registry_auth.host}/{source_repo}": right,
+    }}))
+    code, _, err = run(capsys, "convert", f"docker://{image}", "--authfile", str(authfile), "--no-table",
+                       "--to", f"type=registry,ref={registry_auth.host}/{ns}/app:zstd")
+    assert code == 0, err
+    other = repo_name("scoped")
+    code, _, err = run(capsys, "convert", f"docker://{image}", "--authfile", str(authfile), "--no-table",
+                       "--to", f"type=registry,ref={registry_auth.host}/{other}:zstd")
+    assert code == 1 and one_line_error(err) and "401" in err and "rejected" in err and f"repository {other}" in err
+    assert f"auths[{registry_auth.host!r}]" in err and "wrong-pw-77d" not in err and registry_auth.password not in err
+
+
+def test_dest_flag_misuse_is_a_usage_error(tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    layout = write_layout(tmp_path / "layout", {"app": [TAR]})
+    src = f"oci:{layout}:app"
+    reg = "type=registry,ref=127.0.0.1:5002/a/b:v1"
+    pw = "u:secret-pw-bb"
+    cases = [
+        (["convert", src, "--dest-creds", pw, "--to", f"type=local,dest={tmp_path}"], "--dest-creds", "type=local"),
+        (["convert", src, "--dest-tls-verify=false", "--to", f"type=local,dest={tmp_path}"], "--dest-tls-verify",
+         "type=registry"),
+        (["convert", "blob.gz", "-o", "out.zst", "--dest-registry-token", "t"], "--dest-registry-token", "--to"),
+        (["convert", src, "--dest-creds", pw, "--dest-registry-token", "t", "--to", reg], "--dest-creds", "not both"),
+        (["convert", src, "--dest-creds", pw, "--to", f"{reg},username=u,password=secret-pw-bb"], "--dest-creds",
+         "username="),
+        (["convert", src, "--dest-registry-token", "t", "--to", f"{reg},username=u,password=secret-pw-bb"],
+         "--dest-registry-token", "username="),
+        (["convert", src, "--dest-tls-verify=false", "--to", f"{reg},insecure=true"], "--dest-tls-verify", "insecure="),
+        (["restore", f"type=local,dest={tmp_path}", "v1", "-o", f"oci:{tmp_path / 'o'}", "--src-creds", pw],
+         "--src-creds", "type=local"),
+        (["restore", f"{reg},username=u,password=secret-pw-bb", "v1", "-o", f"oci:{tmp_path / 'o'}",
+          "--src-creds", pw], "--src-creds", "username="),
+        (["restore", reg, "v1", "-o", f"oci:{tmp_path / 'o'}", "--src-tls-verify", "--src-registry-token", "t",
+          "--src-creds", pw], "--src-creds", "not both"),
+    ]
+    for argv, option, words in cases:
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and one_line_error(err), (argv, err)
+        assert option in err and words in err and "secret-pw-bb" not in err, (argv, err)
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", src, "--dest-tls-verify=maybe", "--to", reg])
+    assert exit_.value.code == 2 and "--dest-tls-verify" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Credentials from docker credential helpers (``credHelpers``, ``credsStore``)
-and from the auth files docker and skopeo read, against the real registry
-with htpasswd auth. The helpers are real executables on PATH."""
+and from the auth files docker and skopeo read (repo-scoped ``auths`` keys
+included), against the real registry with htpasswd auth. The helpers are real
+executables on PATH."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ from transcoder.descriptor import OCI_CONFIG
 from transcoder.digest import Digest
 from transcoder.errors import AuthError, UsageError
 from transcoder.records import ImageRecord
-from transcoder.registry.credentials import Credentials, auth_file_paths, load_docker_credentials, server_url
+from transcoder.registry.credentials import (
+    Credentials,
+    auth_file_paths,
+    key_scope,
+    load_docker_credentials,
+    server_url,
+)
 from transcoder.registry.source import RegistrySource
 from transcoder.sinks.base import put_bytes
 from transcoder.sinks.registry import RegistrySink
@@ -41,9 +48,9 @@ def docker_config(home: Path, config: dict[str, Any]) -> None:
     (home / "config.json").write_text(json.dumps(config))
 
 
-def push_and_pull(host: str, authfile: Path | None = None) -> None:
+def push_and_pull(host: str, authfile: Path | None = None, repo: str | None = None) -> None:
     """Push a small image with the credentials found, and read it back."""
-    repo = repo_name()
+    repo = repo or repo_name()
     sink = RegistrySink(host, repo, authfile=str(authfile) if authfile else None)
     config = put_bytes(sink, b'{"rootfs": {"type": "layers", "diff_ids": []}}', OCI_CONFIG)
     manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -160,3 +167,70 @@ def test_sink_option_authfile(registry_auth: Any, home: Path) -> None:
     assert sink.client.credentials == Credentials(registry_auth.username, registry_auth.password)
     assert put_bytes(sink, b"config", OCI_CONFIG).size == 6
     sink.close()
+
+
+def containers_auth(home: Path, auths: dict[str, Any], **extra: Any) -> Path:
+    """``~/.config/containers/auth.json`` (XDG_CONFIG_HOME is private to the test)."""
+    path = home / "xdg" / "containers" / "auth.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"auths": auths, **extra}))
+    return path
+
+
+def test_repo_scoped_keys_most_specific_first(home: Path) -> None:
+    """containers-auth.json(5): host/ns/repo, then host/ns, then host; a URL key is its host alone."""
+    containers_auth(home, {
+        "r.example.com": {"username": "host-user", "password": "p0"},
+        "r.example.com/team": {"username": "team-user", "password": "p1"},
+        "r.example.com/team/app": {"username": "app-user", "password": "p2"},
+        "https://q.example.com/v1/": {"username": "legacy-user", "password": "p3"},
+        "docker.io/library/busybox": {"username": "hub-busybox", "password": "p4"},
+        "r.example.com/team/ap": {"username": "not-a-prefix", "password": "p5"},
+    })
+    def user(host: str, repository: str | None) -> str | None:
+        found = load_docker_credentials(host, repository=repository)
+        return found.username if found else None
+
+    assert user("r.example.com", "team/app") == "app-user"
+    assert user("r.example.com", "team/app/sub") == "app-user"
+    assert user("r.example.com", "team/apple") == "team-user"  # team/ap is not a path prefix of team/apple
+    assert user("r.example.com", "other/app") == "host-user"
+    assert user("r.example.com", None) == "host-user"  # no repository: host keys only
+    assert user("q.example.com", "v1/x") == "legacy-user"
+    assert user("registry-1.docker.io", "library/busybox") == "hub-busybox"
+    assert user("registry-1.docker.io", "library/alpine") is None
+    found = load_docker_credentials("r.example.com", repository="team/app")
+    assert found is not None and "auths['r.example.com/team/app']" in found.origin and "p2" not in repr(found)
+    assert key_scope("https://index.docker.io/v1/") == ("docker.io", "")
+    assert key_scope("localhost:5000/ns/repo/") == ("localhost:5000", "ns/repo")
+
+
+def test_repo_scoped_key_yields_to_cred_helpers(home: Path) -> None:
+    """credHelpers stay per host (docker's rule) and come before any auths key."""
+    log = write_credential_helper(home / "bin", "h", {"r.example.com": ("helper-user", "helper-pw")})
+    containers_auth(home, {"r.example.com/team/app": {"username": "app-user", "password": "p2"}},
+                    credHelpers={"r.example.com": "h"})
+    assert load_docker_credentials("r.example.com", repository="team/app") == Credentials("helper-user", "helper-pw")
+    assert helper_calls(log) == [{"argv": ["get"], "stdin": "r.example.com"}]
+
+
+def test_repo_scoped_key_against_the_registry(registry_auth: Any, home: Path) -> None:
+    """A wrong password under the host key and the right one under host/ns/repo:
+    ns/repo works, any other repository is refused with a 401 naming the key used."""
+    ns = repo_name("scoped")
+    right = {"username": registry_auth.username, "password": registry_auth.password}
+    containers_auth(home, {registry_auth.host: {"username": registry_auth.username, "password": "wrong-pw-5b0"},
+                           f"{registry_auth.host}/{ns}": right})
+    push_and_pull(registry_auth.host, repo=ns)
+    push_and_pull(registry_auth.host, repo=f"{ns}/deeper")  # a key for ns covers what is under it
+    other = repo_name("scoped")
+    sink = RegistrySink(registry_auth.host, other)
+    with pytest.raises(AuthError) as err:
+        put_bytes(sink, b"config", OCI_CONFIG)
+    sink.close()
+    message = str(err.value)
+    assert "\n" not in message and "401" in message and "rejected" in message and other in message
+    assert f"auths[{registry_auth.host!r}]" in message
+    assert "wrong-pw-5b0" not in message and registry_auth.password not in message
+    with pytest.raises(AuthError, match="401"):
+        RegistrySource.from_ref(f"{registry_auth.host}/{other}:v1").resolve()

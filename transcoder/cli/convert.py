@@ -13,6 +13,7 @@ from ..digest import Digest
 from ..errors import UsageError
 from ..variants import VariantTable
 from .output import emit_json, human, parse_size, progress
+from .registry_flags import RegistryFlags, add_registry_flags
 
 IMAGE_PREFIXES = ("oci:", "docker-archive:", "docker://")
 
@@ -47,29 +48,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _registry_arguments(p: argparse.ArgumentParser) -> None:
     reg = p.add_argument_group(
-        "registry access", "For a docker:// SRC, and --authfile also for a type=registry sink (whose own options are "
-        "username=, password=, insecure=, authfile=). Without credentials, they come from the auth file and the "
-        "credential helpers it names (credHelpers, credsStore), as docker and skopeo find them.")
-    reg.add_argument("--src-creds", metavar="USER[:PASSWORD]",
-                     help="credentials for the SRC registry; without :PASSWORD it is asked for on the terminal")
-    reg.add_argument("--src-registry-token", metavar="TOKEN",
-                     help="a bearer token sent as it is to the SRC registry (instead of --src-creds)")
-    reg.add_argument("--src-tls-verify", metavar="BOOL", type=cli_bool, nargs="?", const=True, default=True,
-                     help="require HTTPS with a verified certificate from the SRC registry (default true); "
-                     "--src-tls-verify=false allows plain HTTP and unverified TLS, like docker's insecure registries "
-                     "(plain HTTP is always allowed for a loopback host)")
+        "registry access", "--src-* flags are for a docker:// SRC, --dest-* flags for a --to type=registry sink "
+        "(they replace the sink's own username=, password=, insecure=; giving both is an error), as in skopeo copy; "
+        "--authfile is for both. Without credentials, they come from the auth file and the credential helpers it "
+        "names (credHelpers, credsStore), as docker and skopeo find them; an auths key may be HOST, HOST/NAMESPACE "
+        "or HOST/NAMESPACE/REPO, and the most specific one matching the repository wins.")
+    add_registry_flags(reg, "src", "the SRC registry")
     reg.add_argument("--src-insecure", action="store_true", help="the same as --src-tls-verify=false")
+    add_registry_flags(reg, "dest", "the --to type=registry sink")
     reg.add_argument("--authfile", metavar="PATH",
                      help="auth file (docker config.json or containers auth.json format) for SRC and sink; default: "
                      "$REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json, "
                      "~/.config/containers/auth.json and $DOCKER_CONFIG/config.json (~/.docker/config.json)")
 
 
-def cli_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value not in ("true", "1", "yes", "false", "0", "no"):
-        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not true or false")
-    return value in ("true", "1", "yes")
+def source_flags(args: argparse.Namespace) -> RegistryFlags:
+    """The --src-* flags, --src-insecure folded into --src-tls-verify=false."""
+    flags = RegistryFlags.of(args, "src")
+    if args.src_insecure:
+        if flags.tls_verify:
+            raise UsageError("--src-insecure: --src-tls-verify=true says the opposite; give one of them")
+        return RegistryFlags("src", flags.creds, flags.token, False)
+    return flags
 
 
 def _common(args: argparse.Namespace) -> tuple[ZstdParams, Digest | None, int | None]:
@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
         from .convert_image import run_image
 
         return run_image(args, params, max_size)
-    if args.src_creds or args.src_registry_token or args.src_insecure or not args.src_tls_verify:
-        raise UsageError("convert: --src-creds, --src-registry-token and --src-tls-verify are for a docker:// SRC")
+    source_flags(args).refuse("for a docker:// SRC")
+    RegistryFlags.of(args, "dest").refuse("for a --to type=registry sink")
     if not args.output:
         raise UsageError("convert: -o OUT is required for a blob (or use --to SINK with an image reference)")
     table = None if args.no_table else VariantTable()

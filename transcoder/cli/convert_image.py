@@ -14,7 +14,9 @@ from ..images.convert import ConvertOptions, convert_image, describe
 from ..images.source import ImageSource, open_source
 from ..transcode import Progress
 from ..variants import VariantTable
-from .output import emit_json, open_cli_sink, progress, with_sink
+from .convert import source_flags
+from .output import emit_json, progress, with_sink
+from .registry_flags import RegistryFlags, open_cli_sink
 
 
 @contextmanager
@@ -24,21 +26,12 @@ def _layer_bar(desc: Descriptor) -> Iterator[Progress | None]:
 
 
 def _open_source(args: argparse.Namespace) -> ImageSource:
-    """SRC with the registry flags; a password never appears in a message."""
-    from ..registry.credentials import Credentials, parse_user_pass
-
-    if args.src_creds and args.src_registry_token:
-        raise UsageError("convert: give --src-creds or --src-registry-token, not both")
-    insecure = args.src_insecure or not args.src_tls_verify
-    flags = args.src_creds or args.src_registry_token or insecure
-    if flags and not args.src.startswith("docker://"):
-        raise UsageError("convert: --src-creds, --src-registry-token and --src-tls-verify are for a docker:// SRC")
-    creds = None
-    if args.src_creds:
-        creds = parse_user_pass(args.src_creds, "--src-creds")
-    elif args.src_registry_token:
-        creds = Credentials(registry_token=args.src_registry_token)
-    return open_source(args.src, credentials=creds, insecure=insecure, authfile=args.authfile)
+    """SRC with the --src-* flags; a password never appears in a message."""
+    flags = source_flags(args)
+    if not args.src.startswith("docker://"):
+        flags.refuse("for a docker:// SRC")
+    return open_source(args.src, credentials=flags.credentials(), insecure=flags.tls_verify is False,
+                       authfile=args.authfile)
 
 
 def run_image(args: argparse.Namespace, params: ZstdParams, max_size: int | None) -> int:
@@ -46,7 +39,7 @@ def run_image(args: argparse.Namespace, params: ZstdParams, max_size: int | None
         raise UsageError("convert: -o is for blobs; an image goes to a sink with --to type=local,dest=DIR")
     if not args.to:
         raise UsageError("convert: an image needs --to SINK (e.g. --to type=local,dest=DIR)")
-    sink = open_cli_sink(args.to, args.authfile)
+    sink = open_cli_sink(args.to, args.authfile, RegistryFlags.of(args, "dest"))
     try:
         source = _open_source(args)
     except BaseException:

@@ -7,27 +7,13 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ..errors import TranscoderError, UsageError
-
-if TYPE_CHECKING:
-    from ..sinks.base import Sink
 
 T = TypeVar("T")
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-
-def open_cli_sink(spec: str, authfile: str | None) -> Sink:
-    """The sink of a spec; ``--authfile`` is the default ``authfile=`` of a type=registry sink."""
-    from ..sinks import parse_spec, sink_class
-
-    kind, opts = parse_spec(spec)
-    if authfile and kind == "registry":
-        opts.setdefault("authfile", authfile)
-    sink: Sink = sink_class(kind).from_options(opts)
-    return sink
 
 
 def with_sink(sink: Any, work: Callable[[], T]) -> T | None:

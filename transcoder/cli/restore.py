@@ -6,7 +6,8 @@ import argparse
 
 from ..errors import UsageError
 from ..images.restore import restore
-from .output import emit_json, open_cli_sink, with_sink
+from .output import emit_json, with_sink
+from .registry_flags import RegistryFlags, add_registry_flags, open_cli_sink
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,9 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-o", "--output", required=True, metavar="oci:DIR", help="destination OCI layout")
     p.add_argument("--compression", choices=["zstd", "gzip"], default="zstd", help="which variant to restore")
     p.add_argument("--tag", help="name in the destination (default: IMAGE)")
-    p.add_argument("--authfile", metavar="PATH",
-                   help="auth file for a type=registry SINK (docker config.json or containers auth.json format)")
     p.add_argument("--json", action="store_true")
+    reg = p.add_argument_group(
+        "registry access", "For a type=registry SINK. restore reads from SINK, so, as in skopeo copy, its flags are "
+        "the --src-* ones; they replace the sink's own username=, password=, insecure= (giving both is an error). "
+        "Without credentials, they come from the auth file and the credential helpers it names, as docker and skopeo "
+        "find them; an auths key may be HOST, HOST/NAMESPACE or HOST/NAMESPACE/REPO, and the most specific one "
+        "matching the repository wins.")
+    add_registry_flags(reg, "src", "the type=registry SINK")
+    reg.add_argument("--authfile", metavar="PATH",
+                     help="auth file for a type=registry SINK (docker config.json or containers auth.json format)")
     p.set_defaults(func=run)
 
 
@@ -30,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.output.startswith("oci:"):
         raise UsageError(f"-o {args.output!r}: expected oci:DIR")
     dest = args.output[4:]
-    sink = open_cli_sink(args.sink, args.authfile)
+    sink = open_cli_sink(args.sink, args.authfile, RegistryFlags.of(args, "src"))
     result = with_sink(sink, lambda: restore(sink, args.image, dest, args.compression, args.tag))
     if result is None:
         return 0

@@ -199,7 +199,8 @@ class RegistryAuth(httpx.Auth):
         creds = self.credentials
         if creds is None or not (creds.can_basic or self._refresh):
             return "anonymous access refused; give credentials"
-        return "the identity token was rejected" if self._refresh else "the credentials given were rejected"
+        rejected = "the identity token was rejected" if self._refresh else "the credentials given were rejected"
+        return rejected + creds.origin_note
 
 
 __all__ = ["Challenge", "Credentials", "RegistryAuth", "load_docker_credentials", "parse_challenge", "scope_for"]

@@ -7,14 +7,20 @@ CLI's ``--authfile``) or ``$REGISTRY_AUTH_FILE`` alone when given; else
 ``$DOCKER_CONFIG/config.json`` (default ``~/.docker/config.json``), and the
 first file with credentials for the registry decides.
 
-In one file: ``credHelpers[host]`` names a helper for that registry; else an
-``auths`` entry (base64 ``auth``, ``username``/``password``, and an
-``identitytoken``); else ``credsStore`` is the helper for every registry. A
+In one file: ``credHelpers[host]`` names a helper for that registry (by host
+alone, docker's rule); else an ``auths`` entry (base64 ``auth``,
+``username``/``password``, and an ``identitytoken``); else ``credsStore`` is the
+helper for every registry. An ``auths`` key may name a repository or a
+namespace, as containers-auth.json(5) allows: for ``host/ns/repo`` the keys
+``host/ns/repo``, ``host/ns`` and ``host`` are tried in that order, the most
+specific first. A key with a scheme (docker's legacy ``https://host/v1/``)
+names the host alone. A
 helper is ``docker-credential-<name> get``, given the server URL on stdin,
 answering ``{"ServerURL", "Username", "Secret"}``; "credentials not found"
 means anonymous, and the user name ``<token>`` means Secret is an identity
-token. Secrets are :class:`~transcoder.gha.env.Secret` values; no message or
-``repr`` built here contains one.
+token. Secrets are :class:`~transcoder.redact.Secret` values; no message or
+``repr`` built here contains one, and credentials found here say where they
+came from (``origin``), so a rejection can name the auth-file key or helper.
 """
 
 from __future__ import annotations
@@ -43,22 +49,30 @@ def _secret(value: str | Secret) -> Secret:
 class Credentials:
     """What to present to a registry: a username and password, an identity
     (refresh) token for the OAuth2 token flow, or a registry bearer token that
-    is sent as it is. The secrets are held as :class:`Secret`."""
+    is sent as it is. The secrets are held as :class:`Secret`. ``origin`` says
+    where they came from, for messages (an auth-file key, a helper, an option);
+    it takes no part in equality."""
 
-    __slots__ = ("identity_token", "password", "registry_token", "username")
+    __slots__ = ("identity_token", "origin", "password", "registry_token", "username")
 
     def __init__(
         self, username: str = "", password: str | Secret = "", *, identity_token: str | Secret = "",
-        registry_token: str | Secret = "",
+        registry_token: str | Secret = "", origin: str = "",
     ) -> None:
         self.username = username
         self.password = _secret(password)
         self.identity_token = _secret(identity_token)
         self.registry_token = _secret(registry_token)
+        self.origin = origin
 
     @classmethod
-    def from_identity_token(cls, token: str | Secret, username: str = TOKEN_USER) -> Credentials:
-        return cls(username, identity_token=token)
+    def from_identity_token(cls, token: str | Secret, username: str = TOKEN_USER, origin: str = "") -> Credentials:
+        return cls(username, identity_token=token, origin=origin)
+
+    @property
+    def origin_note(self) -> str:
+        """`` (from ORIGIN)`` for a message, or nothing."""
+        return f" (from {self.origin})" if self.origin else ""
 
     def _key(self) -> tuple[str, Secret, Secret, Secret]:
         return (self.username, self.password, self.identity_token, self.registry_token)
@@ -111,6 +125,15 @@ def normalize_key(key: str) -> str:
     return "docker.io" if key in ("docker.io", "index.docker.io", "registry-1.docker.io") else key
 
 
+def key_scope(key: str) -> tuple[str, str]:
+    """The host and the repository path an ``auths`` key covers: ``host/ns/repo``
+    and ``host/ns`` cover that path, ``host`` and a URL (``https://host/v1/``,
+    docker's legacy form) every repository of the host (path "")."""
+    url = re.match(r"^[a-z]+://", key.strip()) is not None
+    path = "" if url else key.strip().partition("/")[2].strip("/")
+    return normalize_key(key), path
+
+
 def server_url(host: str) -> str:
     """What a credential helper is asked about: docker's Hub URL, else the host."""
     return DOCKER_HUB_SERVER if normalize_key(host) == "docker.io" else host
@@ -135,11 +158,29 @@ def _read_config(path: Path, required: bool) -> dict[str, object] | None:
 
 
 def _matching(table: object, host: str) -> tuple[str, object] | None:
+    """The first entry of ``table`` whose key names ``host`` (credHelpers: host only)."""
     wanted = normalize_key(host)
     for key, value in (table.items() if isinstance(table, dict) else []):
         if normalize_key(str(key)) == wanted:
             return str(key), value
     return None
+
+
+def _covers(path: str, repository: str | None) -> bool:
+    return not path or (repository is not None and (repository == path or repository.startswith(path + "/")))
+
+
+def _auths_for(table: object, host: str, repository: str | None) -> list[tuple[str, object]]:
+    """The ``auths`` entries covering ``repository`` of ``host``, the most
+    specific first (file order among equals); without a repository, host keys only."""
+    wanted = normalize_key(host)
+    found: list[tuple[int, str, object]] = []
+    for key, value in (table.items() if isinstance(table, dict) else []):
+        key_host, path = key_scope(str(key))
+        if key_host == wanted and _covers(path, repository):
+            found.append((path.count("/") + 1 if path else 0, str(key), value))
+    found.sort(key=lambda item: -item[0])  # stable: file order among keys equally specific
+    return [(key, value) for _, key, value in found]
 
 
 def entry_credentials(entry: object, where: str) -> Credentials | None:
@@ -158,21 +199,23 @@ def entry_credentials(entry: object, where: str) -> Credentials | None:
         user, password = str(entry["username"]), str(entry["password"])
     token = entry.get("identitytoken")
     if isinstance(token, str) and token:
-        return Credentials(user or TOKEN_USER, password, identity_token=token)
-    return Credentials(user, password) if user else None
+        return Credentials(user or TOKEN_USER, password, identity_token=token, origin=where)
+    return Credentials(user, password, origin=where) if user else None
 
 
-def credentials_in_file(host: str, path: Path, required: bool = False) -> Credentials | None:
-    """Credentials for ``host`` from one docker config or containers auth file."""
+def credentials_in_file(
+    host: str, path: Path, required: bool = False, *, repository: str | None = None,
+) -> Credentials | None:
+    """Credentials for ``repository`` of ``host`` from one docker config or
+    containers auth file (see the module docstring for which key wins)."""
     config = _read_config(path, required)
     if config is None:
         return None
     helper = _matching(config.get("credHelpers"), host)
     if helper is not None:
         return run_helper(str(helper[1]), host, f"{path}: credHelpers[{helper[0]!r}]")
-    entry = _matching(config.get("auths"), host)
-    if entry is not None:
-        found = entry_credentials(entry[1], f"{path}: auths[{entry[0]!r}]")
+    for key, entry in _auths_for(config.get("auths"), host, repository):
+        found = entry_credentials(entry, f"{path}: auths[{key!r}]")
         if found is not None:
             return found
     store = config.get("credsStore")
@@ -183,13 +226,15 @@ def credentials_in_file(host: str, path: Path, required: bool = False) -> Creden
 
 def load_docker_credentials(
     host: str, path: Path | None = None, *, authfile: str | os.PathLike[str] | None = None,
+    repository: str | None = None,
 ) -> Credentials | None:
-    """Credentials for ``host`` from the auth files (or from ``path`` alone);
-    None means anonymous. An explicit ``authfile`` must exist."""
+    """Credentials for ``repository`` (e.g. ``ns/repo``) of ``host`` from the
+    auth files (or from ``path`` alone); None means anonymous. Without a
+    repository only host keys count. An explicit ``authfile`` must exist."""
     if path is not None:
-        return credentials_in_file(host, path)
+        return credentials_in_file(host, path, repository=repository)
     for candidate in auth_file_paths(authfile):
-        found = credentials_in_file(host, candidate, required=authfile is not None)
+        found = credentials_in_file(host, candidate, required=authfile is not None, repository=repository)
         if found is not None:
             return found
     return None
@@ -222,10 +267,10 @@ def run_helper(name: str, host: str, named_by: str) -> Credentials | None:
             return None
         first = said.splitlines()[0][:160] if said else ""
         raise AuthError(f"{what}: failed with exit status {proc.returncode}" + (f": {first}" if first else ""))
-    return _helper_answer(proc.stdout, what)
+    return _helper_answer(proc.stdout, what, f"{exe[:80]}, named by {named_by}")
 
 
-def _helper_answer(out: bytes, what: str) -> Credentials | None:
+def _helper_answer(out: bytes, what: str, origin: str) -> Credentials | None:
     try:
         answer = json.loads(out)
         user, secret = answer.get("Username", ""), answer.get("Secret", "")
@@ -236,8 +281,8 @@ def _helper_answer(out: bytes, what: str) -> Credentials | None:
     if not secret:
         return None
     if user == TOKEN_USER:
-        return Credentials.from_identity_token(secret)
-    return Credentials(user, secret)
+        return Credentials.from_identity_token(secret, origin=origin)
+    return Credentials(user, secret, origin=origin)
 
 
 def parse_user_pass(text: str, option: str) -> Credentials:
@@ -253,10 +298,10 @@ def parse_user_pass(text: str, option: str) -> Credentials:
         if not sys.stdin.isatty():
             raise UsageError(f"{option} {user[:80]!r}: no password (give USER:PASSWORD, or run on a terminal)")
         password = getpass.getpass(f"Password for {user}: ")
-    return Credentials(user, password)
+    return Credentials(user, password, origin=option)
 
 
 __all__ = [
     "Credentials", "auth_file_paths", "credentials_in_file", "docker_config_path", "entry_credentials",
-    "load_docker_credentials", "normalize_key", "parse_user_pass", "run_helper", "server_url",
+    "key_scope", "load_docker_credentials", "normalize_key", "parse_user_pass", "run_helper", "server_url",
 ]

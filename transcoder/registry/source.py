@@ -31,7 +31,7 @@ class RegistrySource:
         files and credential helpers are asked (:mod:`.credentials`)."""
         ref = parse_reference(text)
         client = RegistryClient(ref.api_host, insecure=insecure, credentials=credentials, transport=transport,
-                                authfile=authfile)
+                                authfile=authfile, repository=ref.repository)
         return cls(ref, client)
 
     @property

@@ -127,13 +127,16 @@ class RegistryHTTP:
         timeout: float = 60.0,
         attempts: int = ATTEMPTS,
         authfile: str | os.PathLike[str] | None = None,
+        repository: str | None = None,
     ) -> None:
         """Without ``credentials``, they come from ``authfile`` or the default
-        auth files and credential helpers (:mod:`.credentials`)."""
+        auth files and credential helpers (:mod:`.credentials`), for
+        ``repository`` when the client serves one (repo-scoped auth-file keys)."""
         self.host = check_host(host)
         self.insecure = insecure
         self.plain_allowed = insecure or is_loopback(host)
-        self.credentials = credentials if credentials is not None else load_docker_credentials(host, authfile=authfile)
+        self.credentials = (credentials if credentials is not None
+                            else load_docker_credentials(host, authfile=authfile, repository=repository))
         self.attempts = attempts
         self.requests = 0  # every request sent, retries and auth round trips included
         self._auth = RegistryAuth(host, self.credentials, self._token_request)
@@ -250,7 +253,7 @@ class RegistryHTTP:
         detail = error_detail(resp)
         where = f"{self.where(repo)}: {what}"
         if code == 401:
-            who = ("the credentials given were rejected" if self.credentials
+            who = (f"the credentials given were rejected{self.credentials.origin_note}" if self.credentials
                    else "no credentials given (pass username/password or log in with docker login)")
             raise AuthError(f"{where}: 401 Unauthorized, {who}{detail}")
         if code == 403:

@@ -1,7 +1,8 @@
 """``type=registry,ref=HOST/REPO[:TAG][,mode=add|replace][,insecure=true][,username=U,password=P][,authfile=F]``:
-an OCI registry repository as a cache sink. Without username and password,
+an OCI registry repository as a cache sink. Without username and password (or
+credentials given by the caller, such as the CLI's ``--dest-creds``),
 credentials come from ``authfile`` or the default auth files and credential
-helpers (:mod:`transcoder.registry.credentials`).
+helpers (:mod:`transcoder.registry.credentials`), repo-scoped keys included.
 
 Blobs are registry blobs (streamed in by PATCH as they are produced), and
 manifests go to the manifests endpoint by digest. An image's name is its tag:
@@ -59,7 +60,7 @@ class RegistrySink:
         self.tag = tag
         self.mode = mode
         self.client = RegistryClient(host, insecure=insecure, credentials=credentials, transport=transport,
-                                     authfile=authfile)
+                                     authfile=authfile, repository=repository)
         self.host = self.client.host
         self._present: set[Digest] = set()  # blobs and manifests known to be in the repository
         self._pushed: dict[Digest, bytes] = {}  # manifests pushed by this sink, for put_image
@@ -67,7 +68,12 @@ class RegistrySink:
         self.records = RepositoryRecords(self.client, repository, self.get_manifest, self.location)
 
     @classmethod
-    def from_options(cls, opts: dict[str, str], *, transport: httpx.BaseTransport | None = None) -> RegistrySink:
+    def from_options(
+        cls, opts: dict[str, str], *, transport: httpx.BaseTransport | None = None,
+        credentials: Credentials | None = None,
+    ) -> RegistrySink:
+        """``credentials`` come from outside the spec (a caller's flags) and
+        cannot be given with username=/password=."""
         unknown = sorted(set(opts) - set(OPTIONS))
         if unknown:
             raise UsageError(f"type=registry: unknown option {unknown[0]!r} (known: {', '.join(OPTIONS)})")
@@ -76,7 +82,11 @@ class RegistrySink:
         ref = parse_reference(opts["ref"], allow_digest=False, default_tag=None)
         if ("username" in opts) != ("password" in opts):
             raise UsageError("type=registry: give both username and password, or neither")
-        creds = Credentials(opts["username"], opts["password"]) if "username" in opts else None
+        if "username" in opts and credentials is not None:
+            raise UsageError("type=registry: username=/password= and other credentials given; give one")
+        creds = credentials
+        if "username" in opts:
+            creds = Credentials(opts["username"], opts["password"], origin="the sink's username=/password=")
         return cls(ref.api_host, ref.repository, tag=ref.tag, mode=opts.get("mode", "add"),
                    insecure=_flag(opts, "insecure"), credentials=creds, transport=transport,
                    authfile=opts.get("authfile") or None)
