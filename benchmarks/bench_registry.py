@@ -48,6 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_engine import CLI
 from benchmarks.corpus import DEFAULT_WORKDIR, build_image, layer_info
 
 BLOB_INFO_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
@@ -135,7 +136,7 @@ def timed(name: str, argv: list[str], registry: Registry, env: dict[str, str] | 
 def ours(registry: Registry, src: str, dest: str, mode: str, home: Path) -> Run:
     env = dict(os.environ, TRANSCODER_HOME=str(home))
     spec = f"type=registry,ref={registry.host}/{dest}:v1,mode={mode}"
-    run = timed(f"ours {mode}", ["transcoder", "convert", f"docker://{registry.host}/{src}", "--to", spec, "--json"],
+    run = timed(f"ours {mode}", [CLI, "convert", f"docker://{registry.host}/{src}", "--to", spec, "--json"],
                 registry, env)
     run.report = json.loads(run.report)
     return run

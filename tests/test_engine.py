@@ -275,3 +275,36 @@ def test_writer_failure_stops_every_thread() -> None:
     assert not w.committed
     assert threading.active_count() == before  # decode thread and encoder workers are gone
     assert src.tell() < len(BIG) * 3  # the decoder was stopped, not left to read the rest
+
+
+def test_file_writer_starts_writeback_as_it_goes(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit's fsync is not left all the disk work: every WRITEBACK_STEP bytes,
+    writeback of exactly the bytes not yet handed over is started (the real
+    sync_file_range, observed on its way)."""
+    from transcoder import writers
+
+    real = writers._sync_file_range()
+    assert real is not None, "sync_file_range is missing from libc"
+    calls: list[tuple[int, int, int]] = []
+
+    def observed(fd: int, offset: int, length: int, flags: int) -> int:
+        calls.append((offset, length, flags))
+        result: int = real(fd, offset, length, flags)
+        assert result == 0
+        return result
+
+    monkeypatch.setattr(writers, "_sync_file_range", lambda: observed)
+    data = random.Random(7).randbytes(3 * writers.WRITEBACK_STEP + 12345)
+    out = tmp_path / "blob"  # type: ignore[operator]
+    with FileWriter(out) as w:
+        for i in range(0, len(data), 1 << 20):
+            w.write(data[i : i + (1 << 20)])
+        w.commit(len(data), Digest.of(data))
+    assert out.read_bytes() == data
+    assert [offset for offset, _, _ in calls] == [0, writers.WRITEBACK_STEP, 2 * writers.WRITEBACK_STEP]
+    assert all(length == writers.WRITEBACK_STEP and flags == 2 for _, length, flags in calls)
+    calls.clear()
+    with FileWriter(tmp_path / "unsynced", fsync=False) as w:  # type: ignore[operator]
+        w.write(data)
+        w.commit(len(data), Digest.of(data))
+    assert calls == []  # no durability asked, no early writeback

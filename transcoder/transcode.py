@@ -7,7 +7,7 @@ threads and the decode thread itself, when it is ahead, compress whole frames
 the tar (the diffID) and hands the compressed frames to the writer, which
 hashes what it is given. Every heavy call releases the GIL, so the stages
 overlap on all cores; decoding is the one serial stage, so it carries no more
-than it must. Memory is bounded by the frames in flight (two per worker)
+than it must. Memory is bounded by the frames in flight (three per worker)
 whatever the layer size. The output is committed only after the source
 digest, the size bound and the output digest have all been checked.
 """
