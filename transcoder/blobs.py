@@ -41,7 +41,7 @@ def _stored_copy(table: VariantTable, rec: VariantRecord) -> Path | None:
 
 def _place(stored: Path, out: Path, rec: VariantRecord, table: VariantTable) -> None:
     """Make ``out`` hold the stored variant: a hard link when possible, else a checked copy."""
-    if stored.resolve() == out.resolve():
+    if _same_file(stored, out):  # already there (the same path, or a link made earlier)
         return
     tmp = out.with_name(f".{out.name}.{os.getpid()}.link")
     try:
@@ -55,6 +55,13 @@ def _place(stored: Path, out: Path, rec: VariantRecord, table: VariantTable) -> 
             w.commit(rec.target.size, rec.target.digest)
     table.remember_file(out, rec.target.digest)
     table.add_location(rec.target.digest, file_location(out))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def lookup_file(table: VariantTable, src: str, out: Path, params: ZstdParams, expect: Digest | None) -> TranscodeResult | None:
