@@ -230,3 +230,44 @@ def test_restore_from_local_sink(layout: Path, tmp_path: Path) -> None:
         root = doc(out, entry(out, "multi")["digest"])
         layers = [x["mediaType"] for m in root["manifests"] for x in doc(out, m["digest"])["layers"]]
         assert all(t.endswith(comp) for t in layers) and len(root["manifests"]) == 2
+
+
+def test_layer_admission_runs_big_layers_alone_and_small_ones_together() -> None:
+    """A layer big enough to busy every core runs alone; small layers overlap; plan order is kept."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transcoder.codecs.zstd import FRAME_SIZE
+    from transcoder.descriptor import OCI_LAYER_GZIP, Descriptor
+    from transcoder.images.convert import _Admission, _weight
+
+    def layer(i: int, size: int) -> Descriptor:
+        return Descriptor(OCI_LAYER_GZIP, Digest.of(bytes([i])), size)
+
+    workers, jobs = 2, 2
+    big, small = workers * FRAME_SIZE, workers * FRAME_SIZE - 1
+    plan = [layer(0, small), layer(1, small), layer(2, big), layer(3, small), layer(4, big), layer(5, small), layer(6, small)]
+    assert [_weight(x, workers, jobs) for x in plan] == [1, 1, 2, 1, 2, 1, 1]
+    running: set[int] = set()
+    overlaps: list[frozenset[int]] = []
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(x: Descriptor) -> Any:
+        i = plan.index(x)
+        with lock:
+            started.append(i)
+            running.add(i)
+            overlaps.append(frozenset(running))
+        time.sleep(0.05)
+        with lock:
+            running.discard(i)
+        return i
+
+    admission = _Admission(jobs)
+    with ThreadPoolExecutor(jobs) as pool:
+        results = [pool.submit(admission.run, i, _weight(x, workers, jobs), work, x) for i, x in enumerate(plan)]
+        assert [f.result() for f in results] == list(range(len(plan)))
+    assert started == list(range(len(plan)))
+    assert all(len(s) == 1 for s in overlaps if 2 in s or 4 in s), overlaps
+    assert any(len(s) == 2 for s in overlaps), "small layers never overlapped"

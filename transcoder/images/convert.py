@@ -12,13 +12,16 @@ that ``gc`` removes).
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..codecs import ZstdParams
 from ..codecs.framepool import EncoderThreads
+from ..codecs.zstd import FRAME_SIZE
 from ..descriptor import (
     ANNOTATION_REF_NAME,
     ANNOTATION_ZSTD,
@@ -180,14 +183,47 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int) -> dict[Digest, LayerOutcome]
     # decode thread is one more), so cores are not oversubscribed while
     # several run and the last layer alone still gets them all.
     workers = job.workers or default_workers()
+    admission = _Admission(max(1, jobs))
     with EncoderThreads(max(0, workers - 1)) as threads, \
             ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="layer") as pool:
         job = dataclasses.replace(job, threads=threads)
-        futures = {d: pool.submit(job.run, layer) for d, layer in unique.items()}
+        futures = {d: pool.submit(admission.run, i, _weight(layer, workers, jobs), job.run, layer)
+                   for i, (d, layer) in enumerate(unique.items())}
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
     if errors:
         raise errors[0]  # type: ignore[misc]
     return {d: f.result() for d, f in futures.items()}
+
+
+def _weight(layer: Descriptor, workers: int, jobs: int) -> int:
+    """Slots a layer takes: all of them when it has enough frames to keep every
+    core busy by itself (two big layers at once only make five threads share
+    two cores: measured 3.22 -> 3.17 s, 3 % less CPU, on the three-layer
+    corpus image), one when it is small (many small layers overlap their
+    serial parts: a one-frame layer decodes, then compresses)."""
+    return jobs if layer.size >= workers * FRAME_SIZE else 1
+
+
+class _Admission:
+    """Layers start in plan order, each once its weight in slots is free."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._next = 0  # the plan position admitted next
+        self._cond = threading.Condition()
+
+    def run(self, position: int, weight: int, work: Callable[[Descriptor], LayerOutcome], layer: Descriptor) -> LayerOutcome:
+        with self._cond:
+            self._cond.wait_for(lambda: self._next == position and self._free >= weight)
+            self._next += 1
+            self._free -= weight
+            self._cond.notify_all()
+        try:
+            return work(layer)
+        finally:
+            with self._cond:
+                self._free += weight
+                self._cond.notify_all()
 
 
 def _zstd_manifest(m: Platformed, outcomes: dict[Digest, LayerOutcome]) -> tuple[bytes, bool]:
