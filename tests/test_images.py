@@ -271,3 +271,12 @@ def test_layer_admission_runs_big_layers_alone_and_small_ones_together() -> None
     assert started == list(range(len(plan)))
     assert all(len(s) == 1 for s in overlaps if 2 in s or 4 in s), overlaps
     assert any(len(s) == 2 for s in overlaps), "small layers never overlapped"
+
+
+def test_local_image_convert_does_not_load_the_network_stack(layout: Path, tmp_path: Path) -> None:
+    """Start-up is paid per run: a local image conversion imports no HTTP client."""
+    code = ("import sys; from transcoder.cli import main; "
+            f"rc = main(['convert', 'oci:{layout}:app', '--to', 'type=local,dest={tmp_path / 'out'}', '--no-table']); "
+            "print(rc, sorted(m for m in ('httpx', 'httpcore', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[-2] == "0 []", out

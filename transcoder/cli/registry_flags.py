@@ -70,15 +70,15 @@ class RegistryFlags:
 
     def credentials(self) -> Credentials | None:
         """The credentials flag's value; may ask for the password on the terminal."""
+        if self.creds is None and self.token is None:
+            return None  # and the registry client (httpx) is not imported for a local image
         from ..registry.credentials import Credentials, parse_user_pass
 
         if self.creds is not None and self.token is not None:
             raise UsageError(f"give --{self.side}-creds or --{self.side}-registry-token, not both")
         if self.creds is not None:
             return parse_user_pass(self.creds, f"--{self.side}-creds")
-        if self.token is not None:
-            return Credentials(registry_token=self.token, origin=f"--{self.side}-registry-token")
-        return None
+        return Credentials(registry_token=str(self.token), origin=f"--{self.side}-registry-token")
 
     def check_spec(self, opts: dict[str, str]) -> None:
         """Refuse a flag that the sink spec's own options already decide."""
