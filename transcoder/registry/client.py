@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import quote
 
 import httpx
@@ -191,11 +191,13 @@ class RegistryClient(RegistryHTTP):
                             content=b"")
         return self._location(resp, repo)
 
-    def patch_upload(self, repo: str, location: str, body: Iterable[bytes], offset: int) -> str:
+    def patch_upload(self, repo: str, location: str, body: Iterable[bytes | memoryview], offset: int) -> str:
         """Stream ``body`` into an upload session in one PATCH (chunked transfer
-        encoding, as docker and containerd push); returns the next Location."""
+        encoding, as docker and containerd push); returns the next Location.
+        Views are sent as they are (h11 joins each with its chunk header)."""
+        content = cast(Iterator[bytes], iter(body))
         resp = self.request("PATCH", location, what=f"upload from byte {offset}", repo=repo, ok=(202, 204),
-                            idempotent=False, replayable=False, content=iter(body),
+                            idempotent=False, replayable=False, content=content,
                             headers={"Content-Type": "application/octet-stream"})
         return self._location(resp, repo)
 

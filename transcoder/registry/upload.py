@@ -42,6 +42,9 @@ QUEUE_DEPTH = 4
 REPLAY = 8 << 20
 PATCH_ATTEMPTS = 3
 
+# What travels to the upload thread: bytes, or a view of immutable bytes.
+Piece = bytes | memoryview
+
 
 def push_blob(client: RegistryClient, repo: str, data: bytes, digest: Digest) -> bool:
     """Store ``data`` under ``digest`` unless present; True if it was uploaded."""
@@ -75,15 +78,15 @@ class _Session:
         self._name = name
         self._location = client.start_upload(repo)
         self._offset = 0  # bytes the session held when the current PATCH began
-        self._queue: queue.Queue[bytes | None] = queue.Queue(QUEUE_DEPTH)
+        self._queue: queue.Queue[Piece | None] = queue.Queue(QUEUE_DEPTH)
         self._ended = False  # the end of the stream was taken from the queue
-        self._retained: list[bytes] | None = []  # what the current PATCH sent, while within REPLAY
+        self._retained: list[Piece] | None = []  # what the current PATCH sent, while within REPLAY
         self._error: BaseException | None = None
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="blob-upload", daemon=True)
         self._thread.start()
 
-    def send(self, piece: bytes) -> None:
+    def send(self, piece: Piece) -> None:
         """Queue a piece; blocks while the queue is full, raises if the uploader failed."""
         while True:
             self._raise_failure()
@@ -103,7 +106,7 @@ class _Session:
         except BaseException as exc:  # re-raised in the writer's thread
             self._error = exc
 
-    def _body(self, replay: list[bytes]) -> Iterator[bytes]:
+    def _body(self, replay: list[Piece]) -> Iterator[Piece]:
         self._retained = list(replay)
         size = sum(map(len, replay))
         yield from replay
@@ -123,7 +126,7 @@ class _Session:
             yield piece
 
     def _upload(self) -> None:
-        replay: list[bytes] = []
+        replay: list[Piece] = []
         for attempt in range(PATCH_ATTEMPTS):
             try:
                 self._location = self._client.patch_upload(self._repo, self._location, self._body(replay), self._offset)
@@ -146,7 +149,7 @@ class _Session:
                 raise self._lost() from exc  # the registry dropped the session after a broken PATCH
             time.sleep(0.2 * (attempt + 1))
 
-    def _replay_from(self, held: int | None) -> list[bytes] | None:
+    def _replay_from(self, held: int | None) -> list[Piece] | None:
         """The retained bytes past ``held``, if the retained window covers it."""
         if held is None or self._retained is None or held < self._offset:
             return None
@@ -226,6 +229,13 @@ class RegistryBlobWriter(WriterBase):
         if self.done:
             raise SinkError(f"{self.name}: write after commit or abort")
         self._account(data)
+        if self._session is not None and isinstance(data, bytes) and not self._buf:
+            # Immutable: its pieces are sent as views, not copied (the encoder's
+            # frames are megabytes each).
+            view = memoryview(data)
+            for i in range(0, len(view), PIECE):
+                self._session.send(view[i : i + PIECE])
+            return
         self._buf += data
         if self._session is None and len(self._buf) >= self._chunk:
             self._session = _Session(self._client, self._repo, self.name)
