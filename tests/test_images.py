@@ -233,7 +233,8 @@ def test_restore_from_local_sink(layout: Path, tmp_path: Path) -> None:
 
 
 def test_layer_admission_runs_big_layers_alone_and_small_ones_together() -> None:
-    """A layer big enough to busy every core runs alone; small layers overlap; plan order is kept."""
+    """A layer big enough to busy every core runs alone until its source is read
+    (``ease``); small layers overlap; plan order is kept."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -248,29 +249,37 @@ def test_layer_admission_runs_big_layers_alone_and_small_ones_together() -> None
     big, small = workers * FRAME_SIZE, workers * FRAME_SIZE - 1
     plan = [layer(0, small), layer(1, small), layer(2, big), layer(3, small), layer(4, big), layer(5, small), layer(6, small)]
     assert [_weight(x, workers, jobs) for x in plan] == [1, 1, 2, 1, 2, 1, 1]
+    admission = _Admission(jobs)
     running: set[int] = set()
-    overlaps: list[frozenset[int]] = []
-    started: list[int] = []
+    eased: set[int] = set()
+    seen_at_start: list[tuple[int, frozenset[int], frozenset[int]]] = []
     lock = threading.Lock()
 
     def work(x: Descriptor) -> Any:
         i = plan.index(x)
         with lock:
-            started.append(i)
+            seen_at_start.append((i, frozenset(running), frozenset(eased)))
             running.add(i)
-            overlaps.append(frozenset(running))
         time.sleep(0.05)
+        if x.size == big:  # its source is read: the rest may overlap the next layer
+            with lock:
+                eased.add(i)
+            admission.ease(x)
+            time.sleep(0.05)
         with lock:
             running.discard(i)
         return i
 
-    admission = _Admission(jobs)
     with ThreadPoolExecutor(jobs) as pool:
         results = [pool.submit(admission.run, i, _weight(x, workers, jobs), work, x) for i, x in enumerate(plan)]
         assert [f.result() for f in results] == list(range(len(plan)))
-    assert started == list(range(len(plan)))
-    assert all(len(s) == 1 for s in overlaps if 2 in s or 4 in s), overlaps
-    assert any(len(s) == 2 for s in overlaps), "small layers never overlapped"
+    assert [i for i, _, _ in seen_at_start] == list(range(len(plan)))
+    for i, others, eased_then in seen_at_start:
+        if plan[i].size == big:
+            assert not others, f"big layer {i} started beside {set(others)}"
+        assert all(j in eased_then for j in others if plan[j].size == big), f"layer {i} started beside a big one"
+    assert any(others for _, others, _ in seen_at_start), "no two layers ever overlapped"
+    assert any(j in (2, 4) for _, others, _ in seen_at_start for j in others), "an eased big layer was never overlapped"
 
 
 def test_local_image_convert_does_not_load_the_network_stack(layout: Path, tmp_path: Path) -> None:

@@ -186,7 +186,7 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int) -> dict[Digest, LayerOutcome]
     admission = _Admission(max(1, jobs))
     with EncoderThreads(max(0, workers - 1)) as threads, \
             ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="layer") as pool:
-        job = dataclasses.replace(job, threads=threads)
+        job = dataclasses.replace(job, threads=threads, source_read=admission.ease)
         futures = {d: pool.submit(admission.run, i, _weight(layer, workers, jobs), job.run, layer)
                    for i, (d, layer) in enumerate(unique.items())}
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
@@ -205,25 +205,40 @@ def _weight(layer: Descriptor, workers: int, jobs: int) -> int:
 
 
 class _Admission:
-    """Layers start in plan order, each once its weight in slots is free."""
+    """Layers start in plan order, each once its weight in slots is free. A
+    layer whose source has been read to the end (``ease``) keeps one slot:
+    the next layer starts decoding while its last frames compress and commit."""
 
     def __init__(self, slots: int) -> None:
         self._free = slots
         self._next = 0  # the plan position admitted next
         self._cond = threading.Condition()
+        self._held: dict[Digest, int] = {}  # slots each running layer holds
 
     def run(self, position: int, weight: int, work: Callable[[Descriptor], LayerOutcome], layer: Descriptor) -> LayerOutcome:
         with self._cond:
             self._cond.wait_for(lambda: self._next == position and self._free >= weight)
             self._next += 1
             self._free -= weight
+            self._held[layer.digest] = weight
             self._cond.notify_all()
         try:
             return work(layer)
         finally:
-            with self._cond:
-                self._free += weight
-                self._cond.notify_all()
+            self._give_back(layer, all_of_them=True)
+
+    def ease(self, layer: Descriptor) -> None:
+        """``layer`` (running) keeps one slot and frees the rest."""
+        self._give_back(layer, all_of_them=False)
+
+    def _give_back(self, layer: Descriptor, all_of_them: bool) -> None:
+        with self._cond:
+            held = self._held.pop(layer.digest, 0)
+            keep = 0 if all_of_them else min(held, 1)
+            if keep:
+                self._held[layer.digest] = keep
+            self._free += held - keep
+            self._cond.notify_all()
 
 
 def _zstd_manifest(m: Platformed, outcomes: dict[Digest, LayerOutcome]) -> tuple[bytes, bool]:

@@ -78,6 +78,9 @@ class LayerJob:
     progress: ProgressFactory | None = None
     # Compressing threads shared by the layers in flight (see _run_layers).
     threads: EncoderThreads | None = None
+    # Told once a transcoded layer's source has been read to its end: what is
+    # left (the last frames, the commit) no longer needs every core.
+    source_read: Callable[[Descriptor], None] | None = None
 
     def run(self, layer: Descriptor) -> LayerOutcome:
         started = time.perf_counter()
@@ -122,7 +125,8 @@ class LayerJob:
         with bar as tick, self.source.open_blob(layer) as stream:
             result = transcode_stream(
                 stream, writer, params=self.params, workers=self.workers, expect=layer.digest, expect_size=layer.size,
-                max_size=self.max_size, name=f"{self.source.name}: layer {layer.digest}", progress=tick, tee=tee,
+                max_size=self.max_size, name=f"{self.source.name}: layer {layer.digest}",
+                progress=self._watch_reads(layer, tick), tee=tee,
                 threads=self.threads,
             )
         if mount_later:
@@ -130,6 +134,25 @@ class LayerJob:
         crashpoint("layer-done")
         source = Descriptor(layer.media_type, result.source.digest, result.source.size)
         return VariantRecord(source, result.diff_id, result.target, result.params)
+
+    def _watch_reads(self, layer: Descriptor, tick: Progress | None) -> Progress | None:
+        """``tick``, also calling ``source_read`` once ``layer.size`` bytes have been read."""
+        told = self.source_read
+        if told is None:
+            return tick
+        read = 0
+
+        def progress(n: int) -> None:
+            nonlocal read, told
+            read += n
+            if tick is not None:
+                tick(n)
+            if told is not None and read >= layer.size:
+                done = told
+                told = None
+                done(layer)
+
+        return progress
 
     def record(self, rec: VariantRecord) -> None:
         self.sink.put_variant(rec)
