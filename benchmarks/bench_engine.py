@@ -56,6 +56,7 @@ BLOB_INFO_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
 # (pyenv's is a shell script) would add its own start-up to every CLI timing.
 _SCRIPT = Path(sys.executable).with_name("transcoder")
 CLI = str(_SCRIPT) if _SCRIPT.exists() else "transcoder"
+PIPELINE_CHILD = Path(__file__).with_name("pipeline_child.py")  # the pipeline's process: imports what the CLI does
 HIT_ROUNDS = 3  # tables, and hits per table: the hit speed-up is median miss / median hit
 TARGETS = {"limit": 0.95, "skopeo": 2.0, "shell": 1.8, "rss_mib": 150, "hit": 50.0}
 
@@ -175,31 +176,6 @@ def limit(costs: dict[str, float], tar: int, gz: int, zst: int) -> tuple[float, 
 # -- 2. children: pipeline and peers -------------------------------------------
 
 
-def child_transcode(src: str, out: str, level: int) -> None:
-    """Child mode: one transcode to a file, as the CLI does it: timed up to the
-    durable, renamed output (fsync included, as skopeo and the shell pipeline sync theirs)."""
-    from transcoder import accel
-    from transcoder.codecs import ZstdParams
-    from transcoder.transcode import transcode_stream
-    from transcoder.writers import FileWriter
-
-    cpu, t = time.process_time(), time.perf_counter()
-    with open(src, "rb", buffering=0) as f, FileWriter(out) as w:
-        r = transcode_stream(f, w, params=ZstdParams(level=level), name=src)
-    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
-    print(json.dumps({"wall": wall, "cpu": cpu, "digest": str(r.target.digest), "size": r.target.size,
-                      "diff_id": str(r.diff_id), "source": str(r.source.digest), "impl": accel.IMPLEMENTATION,
-                      "hwm": _vm_hwm()}))
-
-
-def _vm_hwm() -> int:
-    """This process's own peak RSS in bytes (VmHWM is per address space, reset by exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def run_pipeline(info: dict[str, Any], out: Path, level: int, native: bool) -> Proc:
     env = {k: v for k, v in os.environ.items() if k != "TRANSCODER_NO_NATIVE"}
     if not native:
@@ -207,7 +183,7 @@ def run_pipeline(info: dict[str, Any], out: Path, level: int, native: bool) -> P
     # Every contender writes a new file: replacing an old one makes ext4 flush
     # it on the spot (auto_da_alloc), which would time the previous run's I/O.
     out.unlink(missing_ok=True)
-    proc = run_proc([sys.executable, __file__, "--child", "transcode", info["path"], str(out), str(level)], env)
+    proc = run_proc([sys.executable, str(PIPELINE_CHILD), info["path"], str(out), str(level)], env)
     r = proc.report
     assert r["source"] == info["digest"] and r["diff_id"] == info["diff_id"], r
     assert r["digest"] == sha256_file(out) and r["size"] == out.stat().st_size, r
@@ -504,9 +480,7 @@ def main() -> None:
 def run_child(argv: list[str]) -> None:
     """Child modes: each measurement runs in its own process, so none inherits another's memory."""
     kind, *rest = argv
-    if kind == "transcode":
-        child_transcode(rest[0], rest[1], int(rest[2]))
-    elif kind == "stages":
+    if kind == "stages":
         print(json.dumps(stage_costs(Path(rest[0]), int(rest[1]), int(rest[2]))))
     elif kind == "native":
         print(json.dumps(native_vs_python(Path(rest[0]), int(rest[1]))))

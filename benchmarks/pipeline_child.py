@@ -1,0 +1,42 @@
+"""One transcode to a file, as ``transcoder convert`` does it, in a process of
+its own: ``python benchmarks/pipeline_child.py SRC OUT LEVEL``.
+
+It imports only what the CLI would, so whole-process timings compare the
+product's start-up, not the benchmark harness's. Timed up to the durable,
+renamed output (fsync included, as skopeo and the shell pipeline sync
+theirs); prints one JSON object: wall, CPU, digests, implementation, peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def peak_rss() -> int:
+    """This process's own peak RSS in bytes (VmHWM is per address space, reset by exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def main(src: str, out: str, level: int) -> None:
+    from transcoder import accel
+    from transcoder.codecs import ZstdParams
+    from transcoder.transcode import transcode_stream
+    from transcoder.writers import FileWriter
+
+    cpu, t = time.process_time(), time.perf_counter()
+    with open(src, "rb", buffering=0) as f, FileWriter(out) as w:
+        r = transcode_stream(f, w, params=ZstdParams(level=level), name=src)
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    print(json.dumps({"wall": wall, "cpu": cpu, "digest": str(r.target.digest), "size": r.target.size,
+                      "diff_id": str(r.diff_id), "source": str(r.source.digest), "impl": accel.IMPLEMENTATION,
+                      "hwm": peak_rss()}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
