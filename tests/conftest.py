@@ -3,6 +3,9 @@
 Peers (see tests/peers.py): `azurite`, `registry`, `registry_auth`, `moto_s3`,
 `containerd`, `skopeo`, `node_peers`. Each is started once per session, or
 reused if already running, and fails under CI=true when it cannot be had.
+
+`clock` and `emu`: an Actions cache emulator on a manual clock (modules that
+need the emulator set up otherwise define their own `emu`, which wins there).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import peers
+from transcoder.gha.emulator import Emulator, ManualClock
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +63,17 @@ def skopeo() -> str:
 @pytest.fixture(scope="session")
 def node_peers() -> Path:
     return peers.node_peers_dir()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def emu(clock: ManualClock) -> Iterator[Emulator]:
+    with Emulator(clock=clock) as emulator:
+        yield emulator
 
 
 @pytest.fixture

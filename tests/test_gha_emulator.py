@@ -32,17 +32,6 @@ SVC = "/twirp/github.actions.results.api.v1.CacheService/"
 EXISTS_MSG = "cache entry with the same key, version, and scope already exists"
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def emu(clock: ManualClock) -> Iterator[Emulator]:
-    with Emulator(clock=clock) as emulator:
-        yield emulator
-
-
 def client(emu: Emulator, scopes: list[tuple[str, int]] | None = None, token: str | None = None) -> httpx.Client:
     token = token or emu.mint_token(scopes)
     return httpx.Client(base_url=emu.url, headers={"Authorization": f"Bearer {token}"}, timeout=30,

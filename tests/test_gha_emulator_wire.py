@@ -8,7 +8,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
@@ -21,17 +20,6 @@ from transcoder.gha.emulator import COMMITTED, Emulator, ManualClock
 HTTP = httpx.Client(verify=False, timeout=60)
 SVC = "/twirp/github.actions.results.api.v1.CacheService/"
 V1 = "_apis/artifactcache/"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def emu(clock: ManualClock) -> Iterator[Emulator]:
-    with Emulator(clock=clock) as emulator:
-        yield emulator
 
 
 def auth(emu: Emulator, scopes: list[tuple[str, int]] | None = None) -> dict[str, str]:
