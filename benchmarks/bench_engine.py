@@ -14,12 +14,15 @@ One run measures, per corpus layer (benchmarks/corpus.py):
    first) and ``pigz -dc | zstd -T2`` with ``openssl dgst -sha256`` on the
    three streams; every digest is checked;
 5. a variant-table hit against the transcode of the same blob
-   (``convert_blob`` with a VariantTable in a temporary home, and the CLI);
+   (``convert_blob`` with a VariantTable in a temporary home, medians of
+   misses and hits, and the CLI);
 6. the C frame walker against its Python twin, alone and inside a zstd decode.
 
-Every figure is the best of --reps repetitions (the one least disturbed by
-other load; peak RSS is the largest seen), and each measurement runs in its
-own child process. Throughput is MB/s of tar bytes (MB = 10^6 B). Ratios to the limit use the
+Stage costs and throughputs are the best of --reps repetitions (the ones
+least disturbed by other load; peak RSS is the largest seen); ratios are the
+median of the ratios taken within each repetition (best in brackets). Each
+measurement runs in its own child process (the pipeline's is
+``pipeline_child.py``). Throughput is MB/s of tar bytes (MB = 10^6 B). Ratios to the limit use the
 pipeline's own wall time; ratios to peers use whole-process wall times, so
 interpreter start-up counts against the pipeline. Run from the repository:
 ``python benchmarks/bench_engine.py [--reps 5] [--layers bin,py,small]``.
