@@ -233,8 +233,9 @@ def test_restore_from_local_sink(layout: Path, tmp_path: Path) -> None:
 
 
 def test_layer_admission_runs_big_layers_alone_and_small_ones_together() -> None:
-    """A layer big enough to busy every core runs alone until its source is read
-    (``ease``); small layers overlap; plan order is kept."""
+    """A layer big enough to busy every core runs beside no other until its
+    source is read (``ease``); then the next layer, big or small, starts during
+    its tail; small layers overlap; plan order is kept."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -276,10 +277,40 @@ def test_layer_admission_runs_big_layers_alone_and_small_ones_together() -> None
     assert [i for i, _, _ in seen_at_start] == list(range(len(plan)))
     for i, others, eased_then in seen_at_start:
         if plan[i].size == big:
-            assert not others, f"big layer {i} started beside {set(others)}"
+            assert others <= eased_then, f"big layer {i} started beside uneased {set(others - eased_then)}"
         assert all(j in eased_then for j in others if plan[j].size == big), f"layer {i} started beside a big one"
     assert any(others for _, others, _ in seen_at_start), "no two layers ever overlapped"
     assert any(j in (2, 4) for _, others, _ in seen_at_start for j in others), "an eased big layer was never overlapped"
+
+
+def test_layer_admission_starts_a_big_layer_during_the_tail_of_another() -> None:
+    """Two big layers: the second starts once the first has read its source,
+    while the first still compresses and commits (no idle core in between)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transcoder.codecs.zstd import FRAME_SIZE
+    from transcoder.descriptor import OCI_LAYER_GZIP, Descriptor
+    from transcoder.images.convert import _Admission, _weight
+
+    big = [Descriptor(OCI_LAYER_GZIP, Digest.of(bytes([i])), 2 * FRAME_SIZE) for i in range(2)]
+    admission = _Admission(2)
+    in_tail = threading.Event()
+    started_during_tail: list[bool] = []
+
+    def work(x: Descriptor) -> int:
+        started_during_tail.append(in_tail.is_set())
+        if x is big[0]:
+            admission.ease(x)
+            in_tail.set()
+            time.sleep(0.2)  # the tail: last frames, commit
+            in_tail.clear()
+        return big.index(x)
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(admission.run, i, _weight(x, 2, 2), work, x) for i, x in enumerate(big)]
+        assert [f.result(timeout=10) for f in futures] == [0, 1]
+    assert started_during_tail == [False, True]
 
 
 def test_local_image_convert_does_not_load_the_network_stack(layout: Path, tmp_path: Path) -> None:
@@ -289,3 +320,16 @@ def test_local_image_convert_does_not_load_the_network_stack(layout: Path, tmp_p
             "print(rc, sorted(m for m in ('httpx', 'httpcore', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[-2] == "0 []", out
+
+
+def test_registry_convert_skips_the_http_stack_extras(tmp_path: Path) -> None:
+    """A registry conversion loads httpx, but not trio or httpx's own command line
+    (start-up paid on one core while the other waits), and still works: here it
+    reaches the network layer and fails with a one-line connection error."""
+    code = ("import sys; from transcoder.cli import main; "
+            f"rc = main(['convert', 'docker://127.0.0.1:9/none/such:tag', '--to', 'type=local,dest={tmp_path / 'out'}']); "
+            "print(rc, [m for m in ('httpx', 'trio', 'click', 'pygments') if sys.modules.get(m) is not None])")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rc, loaded = p.stdout.split("\n")[-2].split(" ", 1)
+    assert loaded == "['httpx']", p.stdout
+    assert rc != "0" and p.stderr.startswith("transcoder: ") and p.stderr.count("\n") == 1, p.stderr

@@ -206,14 +206,18 @@ def _weight(layer: Descriptor, workers: int, jobs: int) -> int:
 
 class _Admission:
     """Layers start in plan order, each once its weight in slots is free. A
-    layer whose source has been read to the end (``ease``) keeps one slot:
-    the next layer starts decoding while its last frames compress and commit."""
+    layer whose source has been read to the end (``ease``) gives its slots
+    back: what it has left (its last frames, the commit, for a registry the
+    wait while the registry checks the upload) leaves cores idle, so the next
+    layer, big or small, starts decoding meanwhile. Its frames queue behind
+    the tail's on the shared compressing threads, so the cores are shared, not
+    oversubscribed; the layer pool's size still bounds the layers in flight."""
 
     def __init__(self, slots: int) -> None:
         self._free = slots
         self._next = 0  # the plan position admitted next
         self._cond = threading.Condition()
-        self._held: dict[Digest, int] = {}  # slots each running layer holds
+        self._held: dict[Digest, int] = {}  # slots each running, uneased layer holds
 
     def run(self, position: int, weight: int, work: Callable[[Descriptor], LayerOutcome], layer: Descriptor) -> LayerOutcome:
         with self._cond:
@@ -225,19 +229,12 @@ class _Admission:
         try:
             return work(layer)
         finally:
-            self._give_back(layer, all_of_them=True)
+            self.ease(layer)
 
     def ease(self, layer: Descriptor) -> None:
-        """``layer`` (running) keeps one slot and frees the rest."""
-        self._give_back(layer, all_of_them=False)
-
-    def _give_back(self, layer: Descriptor, all_of_them: bool) -> None:
+        """``layer`` (running) frees its slots; a second call does nothing."""
         with self._cond:
-            held = self._held.pop(layer.digest, 0)
-            keep = 0 if all_of_them else min(held, 1)
-            if keep:
-                self._held[layer.digest] = keep
-            self._free += held - keep
+            self._free += self._held.pop(layer.digest, 0)
             self._cond.notify_all()
 
 
