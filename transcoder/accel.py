@@ -11,10 +11,17 @@ Only loops where the benchmark shows C ahead live here (benchmarks/README.md):
 - ``frame_walker``: the zstd block-header walk that tells a complete stream
   from a truncated one. Python pays microseconds per block, so a stream of
   tiny blocks makes it the slowest stage; C pays nanoseconds.
+- ``gzip_frames``: gzip inflated into the pipeline's frames. The Python twin
+  joins python-isal's output pieces into each frame (python-isal has already
+  copied them once from its own blocks); the C one, ``transcoder._isal``,
+  has ISA-L write into the frame itself. It is a separate extension because
+  it links the system's ISA-L (Debian: libisal-dev), which may be absent
+  where ``_native`` builds.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from types import ModuleType
@@ -31,19 +38,32 @@ class FrameWalker(Protocol):
     def finish(self) -> None: ...
 
 
-def _import_native() -> ModuleType | None:
+class GzipFrames(Protocol):
+    def feed(self, data: bytes | memoryview) -> None: ...
+
+    def next(self) -> bytes | None: ...
+
+    def finish(self) -> bytes: ...
+
+    @property
+    def members(self) -> int: ...
+
+
+def _import(name: str) -> ModuleType | None:
     try:
-        from . import _native  # type: ignore[attr-defined]
+        return importlib.import_module(f"{__package__}.{name}")
     except ImportError:
         return None
-    return _native  # type: ignore[no-any-return]
 
 
-# Importable at all (tests and benchmarks use it even when forced off) ...
-_native = _import_native()
+# Importable at all (tests and benchmarks use them even when forced off) ...
+_native = _import("_native")
+_isal = _import("_isal")
 # ... and chosen for the product's hot paths.
-NATIVE = _native is not None and os.environ.get(NO_NATIVE_ENV, "") in ("", "0")
-IMPLEMENTATION = "native" if NATIVE else "python"
+_ALLOWED = os.environ.get(NO_NATIVE_ENV, "") in ("", "0")
+NATIVE = _native is not None and _ALLOWED
+NATIVE_GZIP = _isal is not None and _ALLOWED
+IMPLEMENTATION = "+".join(n for n, on in (("native", NATIVE), ("isal", NATIVE_GZIP)) if on) or "python"
 
 
 def python_frame_walker(name: str) -> FrameWalker:
@@ -69,4 +89,29 @@ def frame_walkers() -> dict[str, Callable[[str], FrameWalker]]:
     impls: dict[str, Callable[[str], FrameWalker]] = {"python": python_frame_walker}
     if _native is not None:
         impls["native"] = native_frame_walker
+    return impls
+
+
+def python_gzip_frames(name: str, frame_size: int) -> GzipFrames:
+    from .codecs.gzip import GzipFrames as PyGzipFrames
+
+    return PyGzipFrames(name, frame_size)
+
+
+def native_gzip_frames(name: str, frame_size: int) -> GzipFrames:
+    if _isal is None:
+        raise ImportError("transcoder._isal is not available")
+    return _isal.GzipFrames(name, frame_size, FormatError)  # type: ignore[no-any-return]
+
+
+def gzip_frames(name: str, frame_size: int) -> GzipFrames:
+    """A gzip inflater into frames of ``frame_size`` bytes for the stream called ``name``."""
+    return native_gzip_frames(name, frame_size) if NATIVE_GZIP else python_gzip_frames(name, frame_size)
+
+
+def gzip_frame_impls() -> dict[str, Callable[[str, int], GzipFrames]]:
+    """Every gzip-frames implementation importable here, by name; for tests and benchmarks."""
+    impls: dict[str, Callable[[str, int], GzipFrames]] = {"python": python_gzip_frames}
+    if _isal is not None:
+        impls["native"] = native_gzip_frames
     return impls

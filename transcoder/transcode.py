@@ -22,16 +22,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from . import accel
 from .codecs import Format, ZstdParams, detect, iter_gzip, iter_zstd
 from .codecs.framepool import EncoderThreads, FramePool
+from .codecs.gzip import iter_gzip_frames
 from .descriptor import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, Descriptor
 from .digest import Digest
 from .errors import DigestMismatch, FormatError, SizeLimitExceeded, SizeMismatch
 from .faults import crashpoint
 from .writers import BlobWriter, StreamDigest
 
-# Source bytes per read. 256 KiB of gzip decodes to ~1 MiB of tar, copied
-# into its frame while it is still in the core's cache.
+# Source bytes per read. 256 KiB of gzip decodes to ~1 MiB of tar, which
+# ISA-L writes straight into its frame (``transcoder._isal``; the Python twin
+# copies it in while it is still in the core's cache).
 CHUNK = 256 << 10
 MEDIA_TYPES = {Format.GZIP: OCI_LAYER_GZIP, Format.ZSTD: OCI_LAYER_ZSTD, Format.TAR: OCI_LAYER_TAR}
 
@@ -115,28 +118,31 @@ class _Decoded:
     tar_size: int = 0
 
 
-def _decoded_chunks(src: _SourceReader, fmt: Format, name: str) -> Iterator[bytes]:
+def _decoded_chunks(src: _SourceReader, fmt: Format, name: str, frame_size: int | None) -> Iterator[bytes]:
+    """The tar in pieces; for gzip and a ``frame_size``, in whole frames of that size (the last one short)."""
     if fmt is Format.GZIP:
+        if frame_size is not None:
+            return iter_gzip_frames(src.read, accel.gzip_frames(name, frame_size), CHUNK)
         return iter_gzip(src.read, name, CHUNK)
     if fmt is Format.ZSTD:
         return iter_zstd(src.read, name)
     return iter(lambda: src.read(CHUNK), b"")
 
 
-def _open_decoder(src: _SourceReader, name: str) -> tuple[Format, Iterator[bytes]]:
+def _open_decoder(src: _SourceReader, name: str, frame_size: int | None = None) -> tuple[Format, Iterator[bytes]]:
     head = src.peek(512)
     if not head:
         raise FormatError(f"{name}: empty input")
     fmt = detect(head)
     if fmt is Format.UNKNOWN:
         raise FormatError(f"{name}: not gzip, zstd or tar (starts with {head[:4].hex()})")
-    return fmt, _decoded_chunks(src, fmt, name)
+    return fmt, _decoded_chunks(src, fmt, name, frame_size)
 
 
 def _decode_thread(src: _SourceReader, name: str, max_size: int | None, pool: FramePool, info: _Decoded) -> None:
     """Producer: always ends the pool's stream, with ``close`` or ``fail``."""
     try:
-        info.fmt, chunks = _open_decoder(src, name)
+        info.fmt, chunks = _open_decoder(src, name, pool.frame_size)
         for chunk in chunks:
             info.tar_size += len(chunk)
             if max_size is not None and info.tar_size > max_size:

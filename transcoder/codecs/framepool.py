@@ -131,10 +131,20 @@ class FramePool:
         self._submitted = 0
         self._cancelled = False
 
+    @property
+    def frame_size(self) -> int:
+        return self._frame_size
+
     # -- producer side -----------------------------------------------------
 
     def add(self, piece: bytes) -> None:
-        """Append tar bytes; submits every frame they complete (may block)."""
+        """Append tar bytes; submits every frame they complete (may block).
+        A piece that is exactly one whole frame, at a frame boundary, is
+        submitted as it is, without a copy."""
+        if len(piece) == self._room == self._frame_size and isinstance(piece, bytes):
+            self._parts.append(memoryview(piece))
+            self._submit(whole=piece)
+            return
         view = memoryview(piece)
         while len(view) >= self._room:
             self._parts.append(view[: self._room])
@@ -155,10 +165,10 @@ class FramePool:
         """The producer failed: ``frames`` raises ``exc`` after the frames before it."""
         self._ready.put(exc)
 
-    def _submit(self) -> None:
+    def _submit(self, whole: bytes | None = None) -> None:
         if self._cancelled:
             raise Cancelled("frame encoding cancelled")
-        frame = b"".join(self._parts)  # one copy; compression wants contiguous bytes
+        frame = whole if whole is not None else b"".join(self._parts)  # compression wants contiguous bytes
         self._parts, self._room = [], self._frame_size
         self._submitted += 1
         future: Future[bytes] = Future()

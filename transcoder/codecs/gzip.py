@@ -9,6 +9,7 @@ hides bytes no client will ever look at.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
+from typing import Protocol
 
 from isal import isal_zlib
 
@@ -83,3 +84,75 @@ def iter_gzip(read: Callable[[int], bytes], name: str, chunk: int = 1 << 20) -> 
     while data := read(chunk):
         yield from decoder.feed(data)
     decoder.finish()
+
+
+class GzipFrames:
+    """A gzip stream inflated into frames of ``frame_size`` tar bytes.
+
+    ``feed`` compressed bytes, then call ``next`` until it returns None (each
+    call gives at most one full frame, so output stays bounded by a frame
+    whatever the input expands to); at the end of input ``finish`` checks the
+    stream ended at a member's end and returns the last, short frame. This is
+    the pure-Python twin of ``transcoder._isal.GzipFrames``, which inflates
+    into the frame itself instead of joining python-isal's pieces; the
+    pipeline gets whichever ``accel.gzip_frames`` picks.
+    """
+
+    def __init__(self, name: str, frame_size: int) -> None:
+        if frame_size <= 0:
+            raise ValueError("frame_size must be positive")
+        self._decoder = GzipDecoder(name)
+        self._size = frame_size
+        self._pieces: Iterator[bytes] = iter(())
+        self._parts: list[memoryview] = []
+        self._filled = 0
+        self._carry = memoryview(b"")  # decoded bytes past the last full frame
+
+    @property
+    def members(self) -> int:
+        return self._decoder.members
+
+    def feed(self, data: bytes | memoryview) -> None:
+        self._pieces = self._decoder.feed(data)
+
+    def next(self) -> bytes | None:
+        while self._filled < self._size:
+            if not self._carry:
+                piece = next(self._pieces, None)
+                if piece is None:
+                    return None
+                self._carry = memoryview(piece)
+            take = self._carry[: self._size - self._filled]
+            self._carry = self._carry[len(take) :]
+            self._parts.append(take)
+            self._filled += len(take)
+        return self._take()
+
+    def finish(self) -> bytes:
+        self._decoder.finish()
+        return self._take()
+
+    def _take(self) -> bytes:
+        frame = b"".join(self._parts)  # one copy; compression wants contiguous bytes
+        self._parts, self._filled = [], 0
+        return frame
+
+
+def iter_gzip_frames(read: Callable[[int], bytes], frames: GzipFramesLike, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Whole frames of the tar in a gzip stream pulled through ``read``; the last may be short or empty."""
+    while data := read(chunk):
+        frames.feed(data)
+        while (frame := frames.next()) is not None:
+            yield frame
+    yield frames.finish()
+
+
+class GzipFramesLike(Protocol):
+    def feed(self, data: bytes | memoryview) -> None: ...
+
+    def next(self) -> bytes | None: ...
+
+    def finish(self) -> bytes: ...
+
+    @property
+    def members(self) -> int: ...
