@@ -20,7 +20,7 @@ from tests.imagegen import gz, make_tar, write_layout
 from transcoder.check import check_store
 from transcoder.variants import VariantTable
 
-POINTS = ["decode:1", "decode:6", "blob-committed:1", "blob-committed:4", "record-written:1", "record-written:2",
+POINTS = ["decode:1", "decode:3", "blob-committed:1", "blob-committed:4", "record-written:1", "record-written:2",
           "index-write:1"]
 
 
@@ -74,7 +74,7 @@ def test_kill_at_each_step(point: str, tmp_path: Path) -> None:
     assert final.ok and final.images == 2 and final.variants == 4
 
 
-NETWORK_POINTS = ["decode:30", "ingest-part:1", "ingest-part:4", "ingest-complete:1", "ingest-complete:2",
+NETWORK_POINTS = ["decode:2", "ingest-part:1", "ingest-part:4", "ingest-complete:1", "ingest-complete:2",
                   "layer-done:2", "record-written:3"]
 
 

@@ -219,8 +219,9 @@ def _write_frames(pool: FramePool, writer: BlobWriter) -> tuple[Descriptor, Dige
     """
     out = StreamDigest(writer)
     tar_hash = hashlib.sha256()
-    for frame, compressed in pool.frames():
+    for frame, compression in pool.frames():
         tar_hash.update(frame)
+        compressed = compression.result()
         out.update(compressed)
         writer.write(compressed)
     return Descriptor(OCI_LAYER_ZSTD, out.value(), out.size), Digest.from_hasher(tar_hash)

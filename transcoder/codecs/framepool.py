@@ -2,7 +2,7 @@
 
 ``FramePool.add`` takes decoded tar pieces of any size, cuts them at every
 ``FRAME_SIZE`` bytes of the stream and queues each whole frame for
-compression; ``frames`` yields each frame and its compressed form in stream
+compression; ``frames`` yields each frame and the future of its compression in stream
 order. Where the cuts fall depends on the tar only, never on how it arrived
 or which thread compressed it, so the output is deterministic (see ``zstd``).
 
@@ -178,16 +178,18 @@ class FramePool:
 
     # -- consumer side -----------------------------------------------------
 
-    def frames(self) -> Iterator[tuple[bytes, bytes]]:
-        """(frame, compressed frame) in stream order, until ``close`` (or the producer's error)."""
+    def frames(self) -> Iterator[tuple[bytes, Future[bytes]]]:
+        """(frame, its compression) in stream order, until ``close`` (or the producer's error).
+        The frame comes as soon as it is submitted, so the consumer can hash it
+        while it is still being compressed (the last frame's hash then overlaps
+        its compression instead of following it)."""
         while True:
             item = self._ready.get()
             if item is _END:
                 return
             if isinstance(item, BaseException):
                 raise item
-            frame, future = item
-            yield frame, future.result()
+            yield item
 
     def cancel(self, producer: threading.Thread) -> None:
         """The consumer failed: stop ``producer`` (its next ``add`` raises) and drop queued frames."""
