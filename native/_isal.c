@@ -96,6 +96,17 @@ inflate_message(int err)
     }
 }
 
+/* A GzipFrames made by __new__ alone has no state yet: refuse, do not crash. */
+static int
+ready(const Frames *f)
+{
+    if (f->zst == NULL || f->name == NULL || f->error == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "GzipFrames used before __init__");
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *
 fail(Frames *f, PyObject *message)
 {
@@ -191,6 +202,8 @@ inflate_once(Frames *f)
 static PyObject *
 Frames_next(Frames *f, PyObject *Py_UNUSED(ignored))
 {
+    if (!ready(f))
+        return NULL;
     for (;;) {
         if (f->frame == NULL && new_frame(f) < 0)
             return NULL;
@@ -214,6 +227,8 @@ Frames_next(Frames *f, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Frames_feed(Frames *f, PyObject *data)
 {
+    if (!ready(f))
+        return NULL;
     if (avail(f) > 1 || (avail(f) == 1 && f->phase != BETWEEN)) {
         PyErr_SetString(PyExc_RuntimeError, "feed: the previous input is not used up (call next until None)");
         return NULL;
@@ -246,6 +261,8 @@ Frames_feed(Frames *f, PyObject *data)
 static PyObject *
 Frames_finish(Frames *f, PyObject *Py_UNUSED(ignored))
 {
+    if (!ready(f))
+        return NULL;
     /* The caller has called next() until None: ISA-L holds nothing more to give. */
     if (f->phase == BETWEEN && avail(f) > 0)
         return fail(f, PyUnicode_FromFormat("%U: garbage after gzip member %zd", f->name, f->members));

@@ -135,8 +135,16 @@ def test_corrupt_trailer_and_data_are_named_by_member(make: Factory) -> None:
             inflate(make, blob, 1000, 4096)
 
 
-def test_feeding_before_the_input_is_used_up_is_refused() -> None:
-    make = factory("native")
+def test_native_object_without_init_refuses_instead_of_crashing() -> None:
+    factory("native")
+    cls = type(accel.native_gzip_frames("x", 1))
+    bare = cls.__new__(cls)
+    for call in (bare.next, bare.finish, lambda: bare.feed(b"x")):
+        with pytest.raises(RuntimeError, match="before __init__"):
+            call()
+
+
+def test_feeding_before_the_input_is_used_up_is_refused(make: Factory) -> None:
     frames = make("blob.gz", 16)
     frames.feed(gzip.compress(payload(100)))
     with pytest.raises(RuntimeError, match="not used up"):

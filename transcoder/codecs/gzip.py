@@ -9,12 +9,15 @@ hides bytes no client will ever look at.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from isal import isal_zlib
 
 from ..errors import FormatError
 from .detect import GZIP_MAGIC
+
+if TYPE_CHECKING:
+    from .. import accel
 
 # Bound the output of one decompress call so a small, highly compressed input
 # cannot allocate a huge buffer (a decompression bomb is stopped between calls).
@@ -107,19 +110,24 @@ class GzipFrames:
         self._parts: list[memoryview] = []
         self._filled = 0
         self._carry = memoryview(b"")  # decoded bytes past the last full frame
+        self._drained = True  # next() has returned None since the last feed
 
     @property
     def members(self) -> int:
         return self._decoder.members
 
     def feed(self, data: bytes | memoryview) -> None:
+        if not self._drained:
+            raise RuntimeError("feed: the previous input is not used up (call next until None)")
         self._pieces = self._decoder.feed(data)
+        self._drained = False
 
     def next(self) -> bytes | None:
         while self._filled < self._size:
             if not self._carry:
                 piece = next(self._pieces, None)
                 if piece is None:
+                    self._drained = True
                     return None
                 self._carry = memoryview(piece)
             take = self._carry[: self._size - self._filled]
@@ -138,21 +146,10 @@ class GzipFrames:
         return frame
 
 
-def iter_gzip_frames(read: Callable[[int], bytes], frames: GzipFramesLike, chunk: int = 1 << 20) -> Iterator[bytes]:
+def iter_gzip_frames(read: Callable[[int], bytes], frames: accel.GzipFrames, chunk: int = 1 << 20) -> Iterator[bytes]:
     """Whole frames of the tar in a gzip stream pulled through ``read``; the last may be short or empty."""
     while data := read(chunk):
         frames.feed(data)
         while (frame := frames.next()) is not None:
             yield frame
     yield frames.finish()
-
-
-class GzipFramesLike(Protocol):
-    def feed(self, data: bytes | memoryview) -> None: ...
-
-    def next(self) -> bytes | None: ...
-
-    def finish(self) -> bytes: ...
-
-    @property
-    def members(self) -> int: ...
