@@ -333,3 +333,31 @@ def test_registry_convert_skips_the_http_stack_extras(tmp_path: Path) -> None:
     rc, loaded = p.stdout.split("\n")[-2].split(" ", 1)
     assert loaded == "['httpx']", p.stdout
     assert rc != "0" and p.stderr.startswith("transcoder: ") and p.stderr.count("\n") == 1, p.stderr
+
+
+def test_variant_records_are_written_to_the_sink_concurrently(tmp_path: Path) -> None:
+    """Each new variant's record is its own request on a remote sink: they go
+    out together. The sink below takes a record only once three are being
+    written at the same time (a barrier, not a clock), and the local table
+    still gets every one."""
+    import threading
+
+    from transcoder.images.convert import ConvertOptions, convert_image
+    from transcoder.images.source import open_source
+    from transcoder.sinks import open_sink
+    from transcoder.variants import VariantTable
+
+    src = write_layout(tmp_path / "src", {"three": TARS[:3]})
+    sink = open_sink(f"type=local,dest={tmp_path / 'store'}")
+    together = threading.Barrier(3, timeout=10)
+    put_variant = sink.put_variant
+
+    def put_when_three_are_writing(rec: Any) -> None:
+        together.wait()
+        put_variant(rec)
+
+    sink.put_variant = put_when_three_are_writing  # type: ignore[method-assign]
+    table = VariantTable(tmp_path / "home" / "variants.db")
+    result = convert_image(open_source(f"oci:{src}:three"), sink, ConvertOptions(mode="replace", table=table))
+    assert [o.status for o in result.layers] == ["converted"] * 3
+    assert len(sink.all_variants()) == 3 and len(table.variants()) == 3  # type: ignore[attr-defined]

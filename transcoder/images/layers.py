@@ -154,8 +154,12 @@ class LayerJob:
 
         return progress
 
-    def record(self, rec: VariantRecord) -> None:
+    def put_record(self, rec: VariantRecord) -> None:
+        """The variant's record into the sink (thread-safe: sinks take records concurrently)."""
         self.sink.put_variant(rec)
         crashpoint("record-written")
+
+    def remember(self, rec: VariantRecord) -> None:
+        """The variant into the local table, once the sink has its record."""
         if self.table is not None:
             self.table.record(rec, {rec.target.digest: self.sink.location})
