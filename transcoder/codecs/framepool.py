@@ -142,7 +142,6 @@ class FramePool:
         A piece that is exactly one whole frame, at a frame boundary, is
         submitted as it is, without a copy."""
         if len(piece) == self._room == self._frame_size and isinstance(piece, bytes):
-            self._parts.append(memoryview(piece))
             self._submit(whole=piece)
             return
         view = memoryview(piece)
