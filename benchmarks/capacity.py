@@ -103,6 +103,16 @@ def measure(gz_path: Path, level: int) -> dict[str, float]:
     return {"alone_ns": solo, "pair_ns": paired, "ceiling": solo / paired}
 
 
+def stage_seconds(gz_paths: list[Path], level: int) -> float:
+    """Seconds one thread takes to do the limit's work on every layer, each alone.
+
+    Half of it is the wall time of a perfect two-core program built on these
+    stages that starts instantly and never waits: the floor for any whole
+    image conversion, which bench_image.py and bench_registry.py set beside
+    their peer's wall time."""
+    return sum(float(_together(path, level, 1)[0]["wall"]) for path in gz_paths)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("layer", type=Path, help="a gzip layer blob (benchmarks/corpus.py builds some)")
