@@ -4,7 +4,8 @@ its own: ``python benchmarks/pipeline_child.py SRC OUT LEVEL``.
 It imports only what the CLI would, so whole-process timings compare the
 product's start-up, not the benchmark harness's. Timed up to the durable,
 renamed output (fsync included, as skopeo and the shell pipeline sync
-theirs); prints one JSON object: wall, CPU, digests, implementation, peak RSS.
+theirs); prints one JSON object: wall, CPU, digests, implementation, peak RSS;
+then exits the way the command line does (``transcoder.cli.exit_now``).
 """
 
 from __future__ import annotations
@@ -40,3 +41,6 @@ def main(src: str, out: str, level: int) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    from transcoder.cli import exit_now
+
+    exit_now(0)  # and ends as the command line does

@@ -192,3 +192,52 @@ def test_table_shared_by_concurrent_processes(tmp_path: Path, transcoder_home: P
     with multiprocessing.get_context("spawn").Pool(6) as pool:
         assert pool.map(_convert_worker, jobs) == [0] * 6
     assert variant_rows(transcoder_home) == 6
+
+
+# The console script ends with transcoder.cli.exit_now: atexit handlers run and
+# the output is flushed, but the interpreter's teardown is skipped.
+_EXIT_CHILD = """
+import atexit, sys
+from pathlib import Path
+marker = Path(sys.argv[1])
+atexit.register(lambda: marker.write_text("handlers ran"))
+sys.argv = ["transcoder", *sys.argv[2:]]
+from transcoder.cli import run
+run()
+"""
+
+
+def run_console(marker: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _EXIT_CHILD, str(marker), *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_console_script_runs_exit_handlers_and_flushes_its_output(layer: Path, tmp_path: Path) -> None:
+    marker, out = tmp_path / "marker", tmp_path / "out.zst"
+    r = run_console(marker, "convert", str(layer), "-o", str(out), "--json", "--no-table")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["target"]["digest"] == str(Digest.of(out.read_bytes()))
+    assert marker.read_text() == "handlers ran"
+
+
+def test_console_script_keeps_the_error_exit_code(tmp_path: Path) -> None:
+    marker, empty = tmp_path / "marker", tmp_path / "empty.gz"
+    empty.write_bytes(b"")
+    r = run_console(marker, "convert", str(empty), "-o", str(tmp_path / "out.zst"), "--no-table")
+    assert r.returncode == 1 and r.stderr == f"transcoder: {empty}: empty input\n", (r.returncode, r.stderr)
+    assert marker.read_text() == "handlers ran"
+    assert not (tmp_path / "out.zst").exists()
+
+
+def test_console_script_exits_141_when_the_reader_has_gone(tmp_path: Path) -> None:
+    child = ("import sys\nfrom transcoder.cli import exit_now\nsys.stdin.readline()\n"
+             "print('x' * 1000)\nexit_now(0)\n")  # buffered until exit_now flushes it
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen([sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stdin is not None
+    proc.stdout.close()  # the reader goes before anything is written
+    proc.stdin.write("go\n")
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr is not None and proc.stderr.read() == ""

@@ -23,6 +23,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from . import tls
 from .deadline import current
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -106,7 +107,10 @@ def new_client(*, transport: httpx.BaseTransport | None = None, verify: ssl.SSLC
     Without ``transport``, httpx builds its own (honouring proxy variables) and
     each gets the deadline backend; ``nodelay`` sets TCP_NODELAY, so request
     bodies sent in slices never wait for the peer's delayed ACK. An injected
-    transport (tests) is used as given."""
+    transport (tests) is used as given. ``verify`` True or False takes the
+    process's shared context for that setting (:mod:`transcoder.tls`)."""
+    if isinstance(verify, bool):
+        verify = tls.context(verify)
     client = httpx.Client(transport=transport, verify=verify, **options)
     if transport is None:
         extra = [NODELAY] if nodelay else []

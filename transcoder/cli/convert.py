@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from .. import tls
 from ..blobs import convert_blob
 from ..codecs import ZstdParams
 from ..codecs.zstd import DEFAULT_LEVEL
@@ -84,9 +85,16 @@ def _common(args: argparse.Namespace) -> tuple[ZstdParams, Digest | None, int | 
     return params, expect, max_size
 
 
+def _speaks_https(args: argparse.Namespace) -> bool:
+    """Whether this conversion talks to a registry or the Actions cache (both probe or use TLS first)."""
+    return args.src.startswith("docker://") or any(f"type={kind}" in (args.to or "") for kind in ("registry", "gha"))
+
+
 def run(args: argparse.Namespace) -> int:
     params, expect, max_size = _common(args)
     if args.to or args.src.startswith(IMAGE_PREFIXES):
+        if _speaks_https(args):
+            tls.warm()  # the CA bundle loads while the HTTP stack imports
         from .convert_image import run_image
 
         return run_image(args, params, max_size)

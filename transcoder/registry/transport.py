@@ -22,7 +22,6 @@ Errors name the registry, the repository and what was asked, never a secret:
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
@@ -35,7 +34,7 @@ from urllib.parse import urljoin
 import httpx
 import tenacity
 
-from .. import __version__
+from .. import __version__, tls
 from ..deadline import Deadline, current, scope
 from ..errors import AuthError, NotFound, SinkError, TransientError
 from ..httpclient import new_client
@@ -57,17 +56,6 @@ class Retryable(TransientError):
     def __init__(self, message: str, retry_after: float | None = None, *, safe: bool) -> None:
         super().__init__(message, retry_after)
         self.safe = safe
-
-
-def _tls_context(verify: bool) -> ssl.SSLContext:
-    """A verifying context trusts certifi's CAs, or those of SSL_CERT_FILE / SSL_CERT_DIR."""
-    return _cached_tls_context(verify, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-
-
-@functools.cache
-def _cached_tls_context(verify: bool, cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
-    # One per process and setting: loading a CA bundle is slow enough to matter per client.
-    return httpx.create_ssl_context(verify=verify)
 
 
 def _untrusted(exc: BaseException) -> str | None:
@@ -141,7 +129,7 @@ class RegistryHTTP:
         self.requests = 0  # every request sent, retries and auth round trips included
         self._auth = RegistryAuth(host, self.credentials, self._token_request)
         self._http = new_client(
-            transport=transport, verify=_tls_context(not insecure), auth=self._auth,
+            transport=transport, verify=tls.context(not insecure), auth=self._auth,
             timeout=httpx.Timeout(timeout, connect=10.0),
             headers={"User-Agent": f"transcoder/{__version__}"}, event_hooks={"request": [self._count]},
         )
