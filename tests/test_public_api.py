@@ -19,3 +19,10 @@ def test_py_typed_marker_ships() -> None:
     from importlib.resources import files
 
     assert files("transcoder").joinpath("py.typed").is_file()
+
+
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    assert transcoder.__version__ == version("transcoder")
+    assert all(part.isdigit() for part in transcoder.__version__.split("."))
