@@ -78,6 +78,9 @@ class _SourceReader:
 
     def __init__(self, stream: BinaryIO, progress: Progress | None, tee: BlobWriter | None = None) -> None:
         self._stream = stream
+        # The decoders take pieces of any length: read1 hands over what one read
+        # brings (a registry download's chunks without another copy).
+        self._read: Callable[[int], bytes] = getattr(stream, "read1", stream.read)
         self._progress = progress
         self._tee = tee
         # A tee that hashes what it is given hashes the source for us.
@@ -100,7 +103,7 @@ class _SourceReader:
         if self._head:
             data, self._head = self._head, b""
         else:
-            data = self._stream.read(n)
+            data = self._read(n)
         if data:
             self.digest.update(data)
             if self._tee is not None:

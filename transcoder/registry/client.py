@@ -173,7 +173,8 @@ class RegistryClient(RegistryHTTP):
                 raise SinkError(f"{self.where(repo)}: {what}: the server answered a different range than asked")
             return resp
 
-        return open_reader(opener, f"{self.where(repo)}: {what}", offset, length)
+        # A buffered binary file in all but typeshed's class tree.
+        return cast(BinaryIO, open_reader(opener, f"{self.where(repo)}: {what}", offset, length))
 
     def mount_blob(self, repo: str, digest: Digest, from_repo: str) -> bool:
         """Cross-repository mount; False when the registry started an upload instead."""

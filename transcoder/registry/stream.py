@@ -4,6 +4,11 @@ The bytes are passed through exactly as the server sent them (no transparent
 decompression), because they are hashed against the blob's digest by the
 caller. A connection that drops mid-blob is reopened with a ``Range`` request
 from the byte where it stopped, so a long download survives a reset.
+
+The reader is buffered by the chunks it receives: ``read(n)`` returns ``n``
+bytes unless the blob ends, and ``read1(n)`` returns what one chunk holds,
+the chunk object itself when it fits, so a consumer that takes any length
+(the transcoder's decoder) gets the bytes without another copy.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import httpx
 from ..deadline import Deadline, scope
 from ..errors import TransientError
 
-READ_CHUNK = 1 << 20
 RESUMES = 3
 # A response must keep coming: DOWNLOAD_ALLOWANCE seconds plus one per
 # DOWNLOAD_MIN_RATE bytes received (a slow-loris server is cut off, a slow
@@ -30,7 +34,7 @@ DOWNLOAD_MIN_RATE = 64 << 10
 Opener = Callable[[int, "int | None"], httpx.Response]
 
 
-class BlobReader(io.RawIOBase):
+class BlobReader(io.BufferedIOBase):
     """Reads ``length`` bytes (None: to the end) of a blob from ``offset``."""
 
     def __init__(self, opener: Opener, name: str, offset: int = 0, length: int | None = None) -> None:
@@ -41,6 +45,7 @@ class BlobReader(io.RawIOBase):
         self._length = length
         self._pos = 0  # bytes handed out so far
         self._resumes = 0
+        self._chunk = b""  # the received chunk that _pending is the rest of
         self._pending = memoryview(b"")
         self._response: httpx.Response | None = None
         self._chunks: Iterator[bytes] | None = None
@@ -77,7 +82,7 @@ class BlobReader(io.RawIOBase):
             if not chunk:
                 raise TransientError(f"{self.name}: the server sent fewer bytes than the requested offset")
             if len(chunk) > count:
-                self._pending = memoryview(chunk)[count:]
+                self._chunk, self._pending = chunk, memoryview(chunk)[count:]
                 return
             count -= len(chunk)
 
@@ -95,21 +100,58 @@ class BlobReader(io.RawIOBase):
                 self._close_response()
                 self._open()
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def _fill(self, want: int) -> int:
+        """Make bytes pending unless the blob is done; how many may be handed out now (at most ``want``, -1: all)."""
+        room = want
         if self._length is not None:
-            room = self._length - self._pos
-            if room <= 0:
+            left = self._length - self._pos
+            if left <= 0:
                 return 0
-            buffer = memoryview(buffer)[:room]
+            room = left if want < 0 else min(want, left)
         if not self._pending:
-            self._pending = memoryview(self._next_chunk())
-            if not self._pending:
-                return 0
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
+            self._chunk = self._next_chunk()
+            self._pending = memoryview(self._chunk)
+        return len(self._pending) if room < 0 else min(room, len(self._pending))
+
+    def _take(self, n: int) -> memoryview:
+        piece, self._pending = self._pending[:n], self._pending[n:]
         self._pos += n
+        return piece
+
+    def read1(self, size: int = -1) -> bytes:
+        n = self._fill(size)
+        if n == len(self._chunk) and len(self._pending) == n:
+            self._take(n)
+            return self._chunk  # the whole chunk as received: no copy
+        return bytes(self._take(n))
+
+    def read(self, size: int | None = -1) -> bytes:
+        size = -1 if size is None else size
+        parts: list[bytes] = []
+        got = 0
+        while size < 0 or got < size:
+            piece = self.read1(size - got if size >= 0 else -1)
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readinto1(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        n = self._fill(len(view))
+        view[:n] = self._take(n)
         return n
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        got = 0
+        while got < len(view):
+            n = self.readinto1(view[got:])
+            if not n:
+                break
+            got += n
+        return got
 
     def _close_response(self) -> None:
         if self._response is not None:
@@ -121,8 +163,8 @@ class BlobReader(io.RawIOBase):
         super().close()
 
 
-def open_reader(opener: Opener, name: str, offset: int = 0, length: int | None = None) -> io.BufferedReader:
-    return io.BufferedReader(BlobReader(opener, name, offset, length), buffer_size=READ_CHUNK)
+def open_reader(opener: Opener, name: str, offset: int = 0, length: int | None = None) -> BlobReader:
+    return BlobReader(opener, name, offset, length)
 
 
 __all__ = ["BlobReader", "open_reader"]
