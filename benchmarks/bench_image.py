@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_engine import Proc, run_proc, run_skopeo
+from benchmarks.bench_engine import Proc, installed_bytecode, run_proc, run_skopeo
 from benchmarks.capacity import stage_seconds
 from benchmarks.corpus import DEFAULT_WORKDIR, build_corpus, build_image, layer_info
 
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workdir", default=DEFAULT_WORKDIR)
     args = ap.parse_args()
+    installed_bytecode()
     layers = build_corpus(args.workdir, NAMES)
     layout = build_image(args.workdir, NAMES)
     rows: dict[str, list[Proc]] = {"ours (replace)": [], "ours (add)": [], "sum of single layers": [], "skopeo": []}

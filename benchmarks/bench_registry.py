@@ -55,7 +55,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_engine import CLI
+from benchmarks.bench_engine import CLI, installed_bytecode
 from benchmarks.capacity import stage_seconds
 from benchmarks.corpus import DEFAULT_WORKDIR, build_image, layer_info
 
@@ -192,6 +192,7 @@ def main() -> None:
     for tool in ("docker-registry", "skopeo", "transcoder"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found on PATH")
+    installed_bytecode()
     names = ("bin", "py", "small")
     tars = [layer_info(args.workdir, n) for n in names]
     tar_bytes = sum(int(t["tar_size"]) for t in tars)
