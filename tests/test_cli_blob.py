@@ -241,3 +241,17 @@ def test_console_script_exits_141_when_the_reader_has_gone(tmp_path: Path) -> No
     proc.stdin.close()
     assert proc.wait(timeout=60) == 141
     assert proc.stderr is not None and proc.stderr.read() == ""
+
+
+def test_exit_waits_for_a_thread_still_at_work(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    child = ("import sys, threading\nfrom pathlib import Path\nfrom transcoder.cli import exit_now\n"
+             f"def work():\n    sys.stdin.readline()\n    Path({str(marker)!r}).write_text('finished')\n"
+             "threading.Thread(target=work).start()\nprint('started', flush=True)\nexit_now(3)\n")
+    proc = subprocess.Popen([sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline() == "started\n"
+    proc.stdin.write("go\n")  # only now may the thread finish; exit_now has been called by then or soon
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 3
+    assert marker.read_text() == "finished"

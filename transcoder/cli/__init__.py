@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import os
 import sys
+import threading
 from typing import NoReturn
 
 from ..errors import TranscoderError
@@ -93,11 +94,14 @@ def exit_now(code: int) -> NoReturn:
     every module and object taken apart one by one) takes 15-40 ms on one
     core, with both digests long written and nothing left to release that
     the kernel does not take back at once. ``atexit`` handlers still run
-    (thread pools join, logging flushes, weakref finalizers), then the
-    standard streams are flushed; a reader that closed the pipe early gets
-    exit code 141, as from :func:`main`. An error that escapes :func:`main`
-    never gets here: it unwinds and the interpreter shuts down as usual.
+    (logging flushes, weakref finalizers), then the standard streams are
+    flushed; a reader that closed the pipe early gets exit code 141, as from
+    :func:`main`. While any other non-daemon thread is still running, the
+    interpreter shuts down as usual and waits for it. An error that escapes
+    :func:`main` never gets here: it unwinds as usual too.
     """
+    if any(t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        sys.exit(code)
     atexit._run_exitfuncs()
     try:
         sys.stdout.flush()
