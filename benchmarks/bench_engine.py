@@ -311,7 +311,7 @@ def bench_layer(name: str, args: argparse.Namespace, work: Path) -> dict[str, An
     info = layer_info(args.workdir, name)
     tar, gz = info["tar_size"], info["size"]
     layout = build_image(args.workdir, (name,))
-    runs: dict[str, list[Proc]] = {"native": [], "python": [], "shell": [], "skopeo": []}
+    runs: dict[str, list[Proc]] = {"native": [], "python": [], "shell": [], "skopeo": [], "interpreter": []}
     stage_reps: list[dict[str, float]] = []
     ceilings: list[float] = []
     for rep in range(args.reps):
@@ -326,6 +326,8 @@ def bench_layer(name: str, args: argparse.Namespace, work: Path) -> dict[str, An
         if not args.no_peers:
             runs["shell"].append(run_shell(info, work / f"{name}.sh.zst", args.level))
             runs["skopeo"].append(run_skopeo(layout, work / f"{name}-skopeo", args.level))
+        # What any Python program pays before its first line: the bare interpreter, site included.
+        runs["interpreter"].append(run_proc([sys.executable, "-c", "pass"]))
     zst = runs["native"][0].report["size"]
     costs = {k: min(c[k] for c in stage_reps) for k in stage_reps[0]}
     per_byte, lim = limit(costs, tar, gz, zst)
@@ -339,6 +341,10 @@ def bench_layer(name: str, args: argparse.Namespace, work: Path) -> dict[str, An
     for peer in ("skopeo", "shell"):
         if runs[peer]:
             row[peer]["paired"] = [p.wall / n.wall for n, p in zip(runs["native"], runs[peer], strict=True)]
+            # The same ratio against the pipeline's own wall, and against that plus a bare
+            # interpreter's start: how far process start-up alone sets the whole-process ratio.
+            row[peer]["bounds"] = [(p.wall / float(n.report["wall"]), p.wall / (float(n.report["wall"]) + i.wall))
+                                   for n, p, i in zip(runs["native"], runs[peer], runs["interpreter"], strict=True)]
     print(f"[{name}] variant table hit, native vs python ...", file=sys.stderr, flush=True)
     row["hit"] = variant_hit(info, work / f"hit-{name}", args.level)
     row["native_vs_python"] = run_json("native", str(work / f"{name}.zst"), str(args.reps))
@@ -465,6 +471,15 @@ def print_targets(rows: list[dict[str, Any]]) -> None:
         hit = r["hit"]["lib_miss"] / r["hit"]["lib_hit"]
         checks.append(f"hit {hit:.0f}x ≥ {TARGETS['hit']:.0f}x: {ok(hit >= TARGETS['hit'])}")
         print(f"- {r['layer']}: " + "; ".join(checks))
+    print("\nx skopeo without our process (medians of the repetitions): against the pipeline's own wall, and against "
+          "it plus the start of a bare interpreter (`python -c pass`), the least any Python command adds:\n")
+    for r in rows:
+        if "skopeo" in r and r["layer"] in ("bin", "py"):
+            alone, bare = (statistics.median(b[k] for b in r["skopeo"]["bounds"]) for k in (0, 1))
+            outside = r["native"]["wall"] - r["native"]["inner_wall"]
+            print(f"- {r['layer']}: pipeline alone {alone:.2f}x; plus a bare interpreter {bare:.2f}x; our whole process "
+                  f"{statistics.median(r['skopeo']['paired']):.2f}x (start-up, imports and exit: {outside * 1e3:.0f} ms "
+                  f"in the fastest run, a bare interpreter {r['interpreter']['wall'] * 1e3:.0f} ms)")
 
 
 def machine() -> str:
