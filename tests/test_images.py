@@ -317,7 +317,7 @@ def test_local_image_convert_does_not_load_the_network_stack(layout: Path, tmp_p
     """Start-up is paid per run: a local image conversion imports no HTTP client."""
     code = ("import sys; from transcoder.cli import main; "
             f"rc = main(['convert', 'oci:{layout}:app', '--to', 'type=local,dest={tmp_path / 'out'}', '--no-table']); "
-            "print(rc, sorted(m for m in ('httpx', 'httpcore', 'numpy') if m in sys.modules))")
+            "print(rc, sorted(m for m in ('httpx', 'httpcore', 'numpy', 'ssl') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[-2] == "0 []", out
 

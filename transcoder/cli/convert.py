@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 
-from .. import tls
 from ..blobs import convert_blob
 from ..codecs import ZstdParams
 from ..codecs.zstd import DEFAULT_LEVEL
@@ -94,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     params, expect, max_size = _common(args)
     if args.to or args.src.startswith(IMAGE_PREFIXES):
         if _speaks_https(args):
+            from .. import tls  # here: ssl is 13 ms of imports a local conversion never needs
+
             tls.warm()  # the CA bundle loads while the HTTP stack imports
         from .convert_image import run_image
 
