@@ -255,3 +255,12 @@ def test_exit_waits_for_a_thread_still_at_work(tmp_path: Path) -> None:
     proc.stdin.close()
     assert proc.wait(timeout=60) == 3
     assert marker.read_text() == "finished"
+
+
+def test_version_loads_no_command() -> None:
+    code = ("import sys\nfrom transcoder.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit as e:\n"
+            "    print(e.code, sorted(m for m in ('numpy', 'zstandard', 'sqlite3') if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    from transcoder import __version__
+
+    assert r.stdout == f"transcoder {__version__}\n0 []\n", (r.stdout, r.stderr)

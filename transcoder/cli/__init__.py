@@ -29,7 +29,8 @@ UNUSED_IMPORTS = ("trio", "httpx._main")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole parser, or with ``only`` just that command (start-up pays for one command's imports)."""
+    """The whole parser, or with ``only`` just that command (start-up pays for one command's imports),
+    or none for ``--version``."""
     parser = argparse.ArgumentParser(
         prog="transcoder",
         description="Give container-image layers zstd variants beside their gzip originals, "
@@ -37,7 +38,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_Version, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS if only not in COMMANDS else [only]:
+    # "--version" needs no command at all (the bench command alone imports numpy: 50 ms).
+    for name in [only] if only in COMMANDS else [] if only == "--version" else COMMANDS:
         try:
             module = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:
