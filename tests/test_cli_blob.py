@@ -264,3 +264,11 @@ def test_version_loads_no_command() -> None:
     from transcoder import __version__
 
     assert r.stdout == f"transcoder {__version__}\n0 []\n", (r.stdout, r.stderr)
+
+
+def test_help_lists_every_command_without_loading_numpy() -> None:
+    code = ("import sys, contextlib, io\nfrom transcoder.cli import COMMANDS, main\nout = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out):\n    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+            "print(all(c in out.getvalue() for c in COMMANDS), 'numpy' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout == "True False\n", (r.stdout, r.stderr)

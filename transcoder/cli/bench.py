@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..bench import Codec, load_layers, parse_bandwidth, parse_codecs, parse_levels, run_bench
-from ..bench.plot import check_target, save_plot
-from ..bench.report import table, to_csv
 from ..errors import UsageError
 from ..transcode import default_workers
 from .output import emit_json, parse_size, progress
 
+if TYPE_CHECKING:
+    from ..bench import Codec
+
+# transcoder.bench is imported when the command runs, not when the parser is
+# built: it brings numpy (50 ms), which `transcoder --help` does not need.
 DEFAULT_REPEAT = 3
 
 
@@ -64,6 +67,9 @@ class _Plan:
 
 def _plan(args: argparse.Namespace) -> _Plan:
     """Check every option before loading or measuring anything."""
+    from ..bench import parse_bandwidth, parse_codecs, parse_levels
+    from ..bench.plot import check_target
+
     codecs = parse_codecs(args.codecs)
     levels = parse_levels(args.levels, codecs)
     if args.repeat < 1:
@@ -79,6 +85,10 @@ def _plan(args: argparse.Namespace) -> _Plan:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bench import load_layers, run_bench
+    from ..bench.plot import save_plot
+    from ..bench.report import table, to_csv
+
     plan = _plan(args)
     layers = load_layers(args.src, max_size=plan.max_size, platform=args.platform)
     total = args.repeat * plan.cases * sum(len(la.tar) for la in layers)
