@@ -86,7 +86,16 @@ def _common(args: argparse.Namespace) -> tuple[ZstdParams, Digest | None, int | 
 
 def _speaks_https(args: argparse.Namespace) -> bool:
     """Whether this conversion talks to a registry or the Actions cache (both probe or use TLS first)."""
-    return args.src.startswith("docker://") or any(f"type={kind}" in (args.to or "") for kind in ("registry", "gha"))
+    if args.src.startswith("docker://"):
+        return True
+    if not args.to:
+        return False
+    from ..sinks import parse_spec
+
+    try:
+        return parse_spec(args.to)[0] in ("registry", "gha")
+    except UsageError:
+        return False  # reported, with the rest of the spec's checks, when the sink opens
 
 
 def run(args: argparse.Namespace) -> int:
