@@ -19,7 +19,6 @@ from transcoder import tls
 @pytest.fixture(autouse=True)
 def fresh_contexts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tls, "_contexts", {})
-    monkeypatch.setattr(tls, "_locks", {})
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
 

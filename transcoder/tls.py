@@ -21,8 +21,7 @@ import threading
 
 _Key = tuple[bool, str | None, str | None]
 
-_guard = threading.Lock()
-_locks: dict[_Key, threading.Lock] = {}
+_lock = threading.Lock()  # held while a context is built, so it is built once
 _contexts: dict[_Key, ssl.SSLContext] = {}
 
 
@@ -48,9 +47,7 @@ def _build(verify: bool, cert_file: str | None, cert_dir: str | None) -> ssl.SSL
 def context(verify: bool = True) -> ssl.SSLContext:
     """The process's context for ``verify`` under the current environment."""
     key = _key(verify)
-    with _guard:
-        lock = _locks.setdefault(key, threading.Lock())
-    with lock:  # a warming thread holds it until its context is stored
+    with _lock:  # a warming thread holds it until its context is stored
         ctx = _contexts.get(key)
         if ctx is None:
             ctx = _contexts[key] = _build(*key)
