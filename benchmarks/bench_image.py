@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_engine import Proc, installed_bytecode, run_proc, run_skopeo
-from benchmarks.capacity import stage_seconds
+from benchmarks.capacity import floor_summary, stage_seconds
 from benchmarks.corpus import DEFAULT_WORKDIR, build_corpus, build_image, layer_info
 
 NAMES = ("bin", "py", "small")
@@ -93,11 +93,8 @@ def main() -> None:
 
 def print_floor(floors: list[float], skopeo: list[Proc], ours: list[Proc]) -> None:
     """The stage floor beside skopeo and us, each a median of per-repetition ratios."""
-    best = sorted(k.wall / f for k, f in zip(skopeo, floors, strict=True))
-    reached = sorted(f / o.wall for f, o in zip(floors, ours, strict=True))
-    print(f"stage floor (the limit's work on one thread, halved): {median(floors):.2f} s; skopeo / floor, the best "
-          f"ratio any pipeline on these stages could show: median {median(best):.2f}x, range {best[0]:.2f}-{best[-1]:.2f}x; "
-          f"floor / ours (replace): median {median(reached):.2f}, range {reached[0]:.2f}-{reached[-1]:.2f}")
+    print(f"stage floor (the limit's work on one thread, halved): {median(floors):.2f} s; "
+          + floor_summary(floors, [k.wall for k in skopeo], [o.wall for o in ours]))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_engine import CLI, installed_bytecode
-from benchmarks.capacity import stage_seconds
+from benchmarks.capacity import floor_summary, stage_seconds
 from benchmarks.corpus import DEFAULT_WORKDIR, build_image, layer_info
 
 BLOB_INFO_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
@@ -270,12 +270,9 @@ def report(results: dict[str, Any], tar_bytes: int, out: Path | None) -> None:
 def print_floor(stage: list[float], runs: dict[str, list[Run]]) -> None:
     """The floor (stage work plus the registry's CPU, halved) beside skopeo and us, per repetition."""
     floors = [(w + r.registry_cpu) / 2 for w, r in zip(stage, runs["ours replace"], strict=True)]
-    best = sorted(k.wall / f for k, f in zip(runs["skopeo"], floors, strict=True))
-    reached = sorted(f / o.wall for f, o in zip(floors, runs["ours replace"], strict=True))
     print(f"floor (stage work {statistics.median(stage):.2f} s on one thread, plus the registry's CPU, halved): "
-          f"{statistics.median(floors):.2f} s; skopeo / floor, the best ratio any pipeline on these stages could show: "
-          f"median {statistics.median(best):.2f}x, range {best[0]:.2f}-{best[-1]:.2f}x; floor / ours (replace): "
-          f"median {statistics.median(reached):.2f}, range {reached[0]:.2f}-{reached[-1]:.2f}")
+          f"{statistics.median(floors):.2f} s; "
+          + floor_summary(floors, [k.wall for k in runs["skopeo"]], [o.wall for o in runs["ours replace"]]))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,17 @@ def stage_seconds(gz_paths: list[Path], level: int) -> float:
     return sum(float(_together(path, level, 1)[0]["wall"]) for path in gz_paths)
 
 
+def floor_summary(floors: list[float], peer: list[float], ours: list[float]) -> str:
+    """Per repetition, the peer's wall over the floor (the best ratio any pipeline on
+    these stages could show) and the floor over ours (how much of it we reach):
+    medians and ranges, as bench_image.py and bench_registry.py print them."""
+    best = sorted(k / f for k, f in zip(peer, floors, strict=True))
+    reached = sorted(f / o for f, o in zip(floors, ours, strict=True))
+    return (f"skopeo / floor, the best ratio any pipeline on these stages could show: median "
+            f"{statistics.median(best):.2f}x, range {best[0]:.2f}-{best[-1]:.2f}x; floor / ours (replace): "
+            f"median {statistics.median(reached):.2f}, range {reached[0]:.2f}-{reached[-1]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("layer", type=Path, help="a gzip layer blob (benchmarks/corpus.py builds some)")
