@@ -471,15 +471,16 @@ def print_targets(rows: list[dict[str, Any]]) -> None:
         hit = r["hit"]["lib_miss"] / r["hit"]["lib_hit"]
         checks.append(f"hit {hit:.0f}x ≥ {TARGETS['hit']:.0f}x: {ok(hit >= TARGETS['hit'])}")
         print(f"- {r['layer']}: " + "; ".join(checks))
-    print("\nx skopeo without our process (medians of the repetitions): against the pipeline's own wall, and against "
-          "it plus the start of a bare interpreter (`python -c pass`), the least any Python command adds:\n")
-    for r in rows:
-        if "skopeo" in r and r["layer"] in ("bin", "py"):
-            alone, bare = (statistics.median(b[k] for b in r["skopeo"]["bounds"]) for k in (0, 1))
-            outside = r["native"]["wall"] - r["native"]["inner_wall"]
-            print(f"- {r['layer']}: pipeline alone {alone:.2f}x; plus a bare interpreter {bare:.2f}x; our whole process "
-                  f"{statistics.median(r['skopeo']['paired']):.2f}x (start-up, imports and exit: {outside * 1e3:.0f} ms "
-                  f"in the fastest run, a bare interpreter {r['interpreter']['wall'] * 1e3:.0f} ms)")
+    bounded = [r for r in rows if "skopeo" in r and r["layer"] in ("bin", "py")]
+    if bounded:
+        print("\nx skopeo without our process (medians of the repetitions): against the pipeline's own wall, and "
+              "against it plus the start of a bare interpreter (`python -c pass`), the least any Python command adds:\n")
+    for r in bounded:
+        alone, bare = (statistics.median(b[k] for b in r["skopeo"]["bounds"]) for k in (0, 1))
+        outside = r["native"]["wall"] - r["native"]["inner_wall"]
+        print(f"- {r['layer']}: pipeline alone {alone:.2f}x; plus a bare interpreter {bare:.2f}x; our whole process "
+              f"{statistics.median(r['skopeo']['paired']):.2f}x (start-up, imports and exit: {outside * 1e3:.0f} ms "
+              f"in the fastest run, a bare interpreter {r['interpreter']['wall'] * 1e3:.0f} ms)")
 
 
 def machine() -> str:
