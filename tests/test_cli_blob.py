@@ -272,3 +272,20 @@ def test_help_lists_every_command_without_loading_numpy() -> None:
             "print(all(c in out.getvalue() for c in COMMANDS), 'numpy' in sys.modules)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout == "True False\n", (r.stdout, r.stderr)
+
+
+def test_blob_convert_skips_modules_it_does_not_need(layer: Path, tmp_path: Path) -> None:
+    """Start-up is paid by every conversion, on one core while the other waits: a
+    blob conversion (two workers, so the encoder threads run) loads neither
+    ``concurrent.futures`` with ``logging`` nor ``tempfile`` with ``shutil`` and the
+    compression modules, and its output is still right."""
+    out = tmp_path / "out.zst"
+    heavy = ("concurrent.futures", "logging", "tempfile", "shutil", "bz2", "lzma", "ssl", "httpx")
+    # Only what the conversion loads counts: a site hook may have loaded some already.
+    code = ("import sys; before = set(sys.modules); from transcoder.cli import main; "
+            f"rc = main(['convert', '{layer}', '-o', '{out}', '--workers', '2', '--no-table']); "
+            f"print(rc, sorted(m for m in {heavy!r} if m in sys.modules and m not in before))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split("\n")[-2] == "0 []", (r.stdout, r.stderr)
+    assert unzstd(out.read_bytes()) == TAR
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".ingest")]

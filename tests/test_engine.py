@@ -308,3 +308,24 @@ def test_file_writer_starts_writeback_as_it_goes(tmp_path: pytest.TempPathFactor
         w.write(data)
         w.commit(len(data), Digest.of(data))
     assert calls == []  # no durability asked, no early writeback
+
+
+def test_frame_compression_result_error_and_cancel() -> None:
+    """A frame's compression hands over its bytes or its error, and one cancelled
+    before any thread took it is never compressed and says so."""
+    from transcoder.codecs.framepool import Cancelled, Compression
+
+    done = Compression()
+    assert done.claim() and not done.cancel()
+    done.finish(b"frame")
+    assert done.result() == b"frame"
+    failed = Compression()
+    assert failed.claim()
+    failed.finish(ValueError("libzstd said no"))
+    with pytest.raises(ValueError, match="libzstd said no"):
+        failed.result()
+    dropped = Compression()
+    assert dropped.cancel() and dropped.cancel()
+    assert not dropped.claim()
+    with pytest.raises(Cancelled):
+        dropped.result()

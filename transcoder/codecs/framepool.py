@@ -30,7 +30,6 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from .. import allocator
@@ -40,7 +39,59 @@ _END = object()
 IN_FLIGHT = 3  # frames submitted and not yet consumed, per worker: the memory bound
 
 
-_Job = tuple["_Encoder", bytes, "Future[bytes]"]
+_Job = tuple["_Encoder", bytes, "Compression"]
+
+
+class Compression:
+    """One frame's compression: the result the compressing thread leaves for the consumer.
+
+    The four calls of ``concurrent.futures.Future`` the pool needs; that
+    module and the ``logging`` it imports would add 5 ms to the start of
+    every command that converts a blob.
+    """
+
+    __slots__ = ("_done", "_lock", "_state", "_value")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._state = _PENDING
+        self._value: bytes | BaseException | None = None
+
+    def claim(self) -> bool:
+        """Called by the thread about to compress the frame; False if it was cancelled first."""
+        with self._lock:
+            if self._state != _PENDING:
+                return False
+            self._state = _RUNNING
+            return True
+
+    def cancel(self) -> bool:
+        """Drop a frame nobody has started on; False if it is already running or done."""
+        with self._lock:
+            if self._state != _PENDING:
+                return self._state == _CANCELLED
+            self._state = _CANCELLED
+        self._done.set()
+        return True
+
+    def finish(self, value: bytes | BaseException) -> None:
+        self._value = value
+        self._state = _FINISHED
+        self._done.set()
+
+    def result(self) -> bytes:
+        """The compressed frame, once ready; raises what compressing it raised, or ``Cancelled``."""
+        self._done.wait()
+        if self._state == _CANCELLED:
+            raise Cancelled("frame encoding cancelled")
+        if isinstance(self._value, BaseException):
+            raise self._value
+        assert self._value is not None
+        return self._value
+
+
+_PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
 
 
 class EncoderThreads:
@@ -91,8 +142,8 @@ class EncoderThreads:
         """Cancel the frames still waiting and end the threads."""
         with self._cond:
             self._closed = True
-            for _encode, _frame, future in self._waiting:
-                future.cancel()
+            for _encode, _frame, compression in self._waiting:
+                compression.cancel()
             self._waiting.clear()
             self._cond.notify_all()
         for thread in self._threads:
@@ -105,13 +156,14 @@ class EncoderThreads:
         self.close()
 
 
-def _run(encode: _Encoder, frame: bytes, future: Future[bytes]) -> None:
-    if not future.set_running_or_notify_cancel():
+def _run(encode: _Encoder, frame: bytes, compression: Compression) -> None:
+    if not compression.claim():
         return
     try:
-        future.set_result(encode(frame))
+        value: bytes | BaseException = encode(frame)
     except BaseException as exc:
-        future.set_exception(exc)
+        value = exc
+    compression.finish(value)
 
 
 class FramePool:
@@ -122,7 +174,7 @@ class FramePool:
         self._frame_size = frame_size
         self._encode = _Encoder(params)
         workers = max(1, workers)
-        # Futures in stream order, for the consumer; its bound is the memory bound.
+        # Frames and their compressions in stream order, for the consumer; its bound is the memory bound.
         self._ready: queue.Queue[Any] = queue.Queue(IN_FLIGHT * workers)
         self._own = threads is None
         self._threads = EncoderThreads(workers - 1) if threads is None else threads
@@ -170,14 +222,14 @@ class FramePool:
         frame = whole if whole is not None else b"".join(self._parts)  # compression wants contiguous bytes
         self._parts, self._room = [], self._frame_size
         self._submitted += 1
-        future: Future[bytes] = Future()
-        self._ready.put((frame, future))  # blocks while too many frames are in flight
-        self._threads.submit((self._encode, frame, future))
+        compression = Compression()
+        self._ready.put((frame, compression))  # blocks while too many frames are in flight
+        self._threads.submit((self._encode, frame, compression))
         self._threads.help()
 
     # -- consumer side -----------------------------------------------------
 
-    def frames(self) -> Iterator[tuple[bytes, Future[bytes]]]:
+    def frames(self) -> Iterator[tuple[bytes, Compression]]:
         """(frame, its compression) in stream order, until ``close`` (or the producer's error).
         The frame comes as soon as it is submitted, so the consumer can hash it
         while it is still being compressed (the last frame's hash then overlaps
@@ -232,6 +284,8 @@ class _Encoder:
 
 def compress_frames(data: bytes | memoryview, params: ZstdParams, workers: int = 1, frame_size: int = FRAME_SIZE) -> bytes:
     """The pipeline's output for tar bytes held in memory (tests, benchmarks, small blobs)."""
+    from concurrent.futures import ThreadPoolExecutor  # here: the pipeline itself never needs it
+
     view = memoryview(data)
     frames = [view[i : i + frame_size] for i in range(0, len(view), frame_size)] or [view]
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="zstd") as pool:
