@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import capacity
 from benchmarks.corpus import DEFAULT_WORKDIR, build_image, layer_info, sha256_file
-from transcoder.codecs.zstd import FRAME_SIZE
+from transcoder.codecs.constants import FRAME_SIZE
 
 CORES = 2
 MiB = 1 << 20

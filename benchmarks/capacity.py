@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transcoder.codecs.zstd import FRAME_SIZE
+from transcoder.codecs.constants import FRAME_SIZE
 
 MiB = 1 << 20
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from tests.imagegen import gz, make_tar
 from tests.peers import require_tool
 from transcoder.codecs import ZstdParams
+from transcoder.codecs.constants import FRAME_SIZE
 from transcoder.codecs.framepool import compress_frames
-from transcoder.codecs.zstd import FRAME_SIZE
 from transcoder.descriptor import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD
 from transcoder.digest import Digest
 from transcoder.errors import DigestMismatch, FormatError, SizeLimitExceeded, SizeMismatch

@@ -239,7 +239,7 @@ def test_layer_admission_runs_big_layers_alone_and_small_ones_together() -> None
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from transcoder.codecs.zstd import FRAME_SIZE
+    from transcoder.codecs.constants import FRAME_SIZE
     from transcoder.descriptor import OCI_LAYER_GZIP, Descriptor
     from transcoder.images.convert import _Admission, _weight
 
@@ -289,7 +289,7 @@ def test_layer_admission_starts_a_big_layer_during_the_tail_of_another() -> None
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from transcoder.codecs.zstd import FRAME_SIZE
+    from transcoder.codecs.constants import FRAME_SIZE
     from transcoder.descriptor import OCI_LAYER_GZIP, Descriptor
     from transcoder.images.convert import _Admission, _weight
 

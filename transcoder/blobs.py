@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .codecs import ZstdParams
+from .decode import HeadStart
 from .descriptor import OCI_LAYER_ZSTD
 from .digest import Digest
 from .errors import DigestMismatch, InputError, StoreError
@@ -81,7 +82,7 @@ def lookup_file(table: VariantTable, src: str, out: Path, params: ZstdParams, ex
 
 
 def convert_blob(
-    src: str | BinaryIO,
+    src: str | BinaryIO | HeadStart,
     out: str | os.PathLike[str],
     *,
     params: ZstdParams | None = None,
@@ -91,35 +92,41 @@ def convert_blob(
     table: VariantTable | None = None,
     progress: Progress | None = None,
 ) -> TranscodeResult:
-    """Transcode ``src`` (a path, ``-`` for stdin, or a binary stream) to zstd at ``out``."""
+    """Transcode ``src`` (a path, ``-`` for stdin, a binary stream, or a
+    :class:`~transcoder.decode.HeadStart` already decoding one) to zstd at ``out``.
+
+    A HeadStart stays its caller's to close (a hit cancels it); its own
+    ``max_size`` applies."""
     params = params or ZstdParams()
     out = Path(out)
-    is_path = isinstance(src, str) and src != "-"
-    if table is not None and is_path:
-        assert isinstance(src, str)
-        hit = lookup_file(table, src, out, params, expect)
+    path = src.path if isinstance(src, HeadStart) else src if isinstance(src, str) and src != "-" else None
+    if table is not None and path is not None:
+        hit = lookup_file(table, path, out, params, expect)
         if hit is not None:
+            if isinstance(src, HeadStart):
+                src.cancel()
             return hit
-    name = src if isinstance(src, str) else getattr(src, "name", "input")
-    name = "stdin" if name == "-" else str(name)
     with ExitStack() as stack:
-        stream = _open_source(src, stack)
+        stream, name = _open_source(src, stack)
         writer = stack.enter_context(FileWriter(out))
         result = transcode_stream(
             stream, writer, params=params, workers=workers, expect=expect, max_size=max_size, name=name, progress=progress
         )
     if table is not None and not result.noop:
-        _record(table, result, src if isinstance(src, str) and is_path else None, out)
+        _record(table, result, path, out)
     return result
 
 
-def _open_source(src: str | BinaryIO, stack: ExitStack) -> BinaryIO:
+def _open_source(src: str | BinaryIO | HeadStart, stack: ExitStack) -> tuple[BinaryIO | HeadStart, str]:
+    """The stream to transcode and the name its errors give."""
+    if isinstance(src, HeadStart):
+        return src, src.name
     if not isinstance(src, str):
-        return src
+        return src, str(getattr(src, "name", "input"))
     if src == "-":
-        return sys.stdin.buffer
+        return sys.stdin.buffer, "stdin"
     try:
-        return stack.enter_context(open(src, "rb", buffering=0))
+        return stack.enter_context(open(src, "rb", buffering=0)), src
     except OSError as exc:
         raise InputError(f"{src}: {exc.strerror or exc}") from exc
 

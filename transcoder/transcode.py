@@ -18,27 +18,21 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from . import accel
-from .codecs import Format, ZstdParams, detect, iter_gzip, iter_zstd
+from .codecs import Format, ZstdParams
 from .codecs.framepool import EncoderThreads, FramePool
-from .codecs.gzip import iter_gzip_frames
+from .decode import CHUNK, Decoded, HeadStart, Progress, SourceReader, decode_thread, open_decoder
 from .descriptor import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, Descriptor
 from .digest import Digest
-from .errors import DigestMismatch, FormatError, SizeLimitExceeded, SizeMismatch
-from .faults import crashpoint
+from .errors import DigestMismatch, SizeLimitExceeded, SizeMismatch
 from .writers import BlobWriter, StreamDigest
 
-# Source bytes per read. 256 KiB of gzip decodes to ~1 MiB of tar, which
-# ISA-L writes straight into its frame (``transcoder._isal``; the Python twin
-# copies it in while it is still in the core's cache).
-CHUNK = 256 << 10
-MEDIA_TYPES = {Format.GZIP: OCI_LAYER_GZIP, Format.ZSTD: OCI_LAYER_ZSTD, Format.TAR: OCI_LAYER_TAR}
+__all__ = ["CHUNK", "DecodeResult", "Progress", "TranscodeResult", "decode_stream", "default_workers",
+           "transcode_stream"]
 
-Progress = Callable[[int], None]
+MEDIA_TYPES = {Format.GZIP: OCI_LAYER_GZIP, Format.ZSTD: OCI_LAYER_ZSTD, Format.TAR: OCI_LAYER_TAR}
 
 
 def default_workers() -> int:
@@ -73,91 +67,7 @@ class TranscodeResult:
         }
 
 
-class _SourceReader:
-    """Reads the source, hashing and counting every byte exactly once."""
-
-    def __init__(self, stream: BinaryIO, progress: Progress | None, tee: BlobWriter | None = None) -> None:
-        self._stream = stream
-        # The decoders take pieces of any length: read1 hands over what one read
-        # brings (a registry download's chunks without another copy).
-        self._read: Callable[[int], bytes] = getattr(stream, "read1", stream.read)
-        self._progress = progress
-        self._tee = tee
-        # A tee that hashes what it is given hashes the source for us.
-        self.digest = StreamDigest(tee)
-        self._head = b""
-
-    @property
-    def size(self) -> int:
-        return self.digest.size
-
-    def peek(self, n: int) -> bytes:
-        while len(self._head) < n:
-            more = self._stream.read(n - len(self._head))
-            if not more:
-                break
-            self._head += more
-        return self._head
-
-    def read(self, n: int) -> bytes:
-        if self._head:
-            data, self._head = self._head, b""
-        else:
-            data = self._read(n)
-        if data:
-            self.digest.update(data)
-            if self._tee is not None:
-                self._tee.write(data)
-            if self._progress:
-                self._progress(len(data))
-        return data
-
-
-@dataclass
-class _Decoded:
-    """What the decode thread learned, read by the caller after the join."""
-
-    fmt: Format = Format.UNKNOWN
-    tar_size: int = 0
-
-
-def _decoded_chunks(src: _SourceReader, fmt: Format, name: str, frame_size: int | None) -> Iterator[bytes]:
-    """The tar in pieces; for gzip and a ``frame_size``, in whole frames of that size (the last one short)."""
-    if fmt is Format.GZIP:
-        if frame_size is not None:
-            return iter_gzip_frames(src.read, accel.gzip_frames(name, frame_size), CHUNK)
-        return iter_gzip(src.read, name, CHUNK)
-    if fmt is Format.ZSTD:
-        return iter_zstd(src.read, name)
-    return iter(lambda: src.read(CHUNK), b"")
-
-
-def _open_decoder(src: _SourceReader, name: str, frame_size: int | None = None) -> tuple[Format, Iterator[bytes]]:
-    head = src.peek(512)
-    if not head:
-        raise FormatError(f"{name}: empty input")
-    fmt = detect(head)
-    if fmt is Format.UNKNOWN:
-        raise FormatError(f"{name}: not gzip, zstd or tar (starts with {head[:4].hex()})")
-    return fmt, _decoded_chunks(src, fmt, name, frame_size)
-
-
-def _decode_thread(src: _SourceReader, name: str, max_size: int | None, pool: FramePool, info: _Decoded) -> None:
-    """Producer: always ends the pool's stream, with ``close`` or ``fail``."""
-    try:
-        info.fmt, chunks = _open_decoder(src, name, pool.frame_size)
-        for chunk in chunks:
-            info.tar_size += len(chunk)
-            if max_size is not None and info.tar_size > max_size:
-                raise SizeLimitExceeded(f"{name}: decoded size exceeds --max-size {max_size} bytes")
-            crashpoint("decode")
-            pool.add(chunk)
-        pool.close()
-    except BaseException as exc:
-        pool.fail(exc)
-
-
-def _check_source(src: _SourceReader, name: str, expect: Digest | None, expect_size: int | None) -> Digest:
+def _check_source(src: SourceReader, name: str, expect: Digest | None, expect_size: int | None) -> Digest:
     digest = src.digest.value()
     if expect_size is not None and src.size != expect_size:
         raise SizeMismatch(f"{name}: source is {src.size} bytes, descriptor says {expect_size}")
@@ -167,7 +77,7 @@ def _check_source(src: _SourceReader, name: str, expect: Digest | None, expect_s
 
 
 def transcode_stream(
-    stream: BinaryIO,
+    stream: BinaryIO | HeadStart,
     writer: BlobWriter,
     *,
     params: ZstdParams | None = None,
@@ -182,20 +92,27 @@ def transcode_stream(
 ) -> TranscodeResult:
     """Transcode one layer blob to zstd; commit to ``writer`` only if all checks pass.
 
-    ``tee``, if given, receives the source bytes as they are read and is
-    committed under the source digest, so a sink can keep the canonical blob
-    without a second read. ``threads``, if given, are compressing threads
-    shared with other transcodes running at once (then ``workers`` only sizes
-    this one's frames in flight). Always either commits or aborts every
-    writer, even on error or interrupt.
+    ``stream`` may be a :class:`~transcoder.decode.HeadStart` already
+    decoding it; its own ``name`` and ``max_size`` then apply, and the
+    result's seconds count from when it began. ``tee``, if given, receives the
+    source bytes as they are read and is committed under the source digest,
+    so a sink can keep the canonical blob without a second read. ``threads``,
+    if given, are compressing threads shared with other transcodes running at
+    once (then ``workers`` only sizes this one's frames in flight). Always
+    either commits or aborts every writer, even on error or interrupt.
     """
     params = params or ZstdParams()
     started = time.perf_counter()
-    src = _SourceReader(stream, progress, tee)
-    info = _Decoded()
+    head = stream if isinstance(stream, HeadStart) else None
+    if head is not None:
+        if tee is not None:
+            raise ValueError(f"{head.name}: a tee must see the source from its first byte, before a head start")
+        src, info, name, max_size, started = head.reader, head.info, head.name, head.max_size, head.started
+    else:
+        assert not isinstance(stream, HeadStart)
+        src, info = SourceReader(stream, progress, tee), Decoded()
     with FramePool(params, workers or default_workers(), threads=threads) as pool:
-        thread = threading.Thread(target=_decode_thread, args=(src, name, max_size, pool, info), daemon=True)
-        thread.start()
+        thread = _start_decoding(head, pool, src, name, max_size, info, progress)
         try:
             target, diff_id = _write_frames(pool, writer)
             thread.join()
@@ -212,6 +129,22 @@ def transcode_stream(
     source = Descriptor(MEDIA_TYPES[info.fmt], source_digest, src.size)
     noop = source.digest == target.digest
     return TranscodeResult(source, target, diff_id, params, noop=noop, seconds=time.perf_counter() - started)
+
+
+def _start_decoding(head: HeadStart | None, pool: FramePool, src: SourceReader, name: str, max_size: int | None,
+                    info: Decoded, progress: Progress | None) -> threading.Thread:
+    """The pool's producer: a new decode thread, or a head start's, handed the pool."""
+    if head is None:
+        thread = threading.Thread(target=decode_thread, args=(src, name, max_size, pool, info), name="decode",
+                                  daemon=True)
+        thread.start()
+        return thread
+    try:
+        head.attach(pool, progress)
+    except BaseException:
+        head.cancel()
+        raise
+    return head.thread
 
 
 def _write_frames(pool: FramePool, writer: BlobWriter) -> tuple[Descriptor, Digest]:
@@ -242,8 +175,8 @@ def decode_stream(
     name: str = "input",
 ) -> DecodeResult:
     """Decode and hash without encoding: checks a blob and computes its diffID."""
-    src = _SourceReader(stream, None)
-    fmt, chunks = _open_decoder(src, name)
+    src = SourceReader(stream)
+    fmt, chunks = open_decoder(src, name)
     tar_hash = hashlib.sha256()
     size = 0
     for chunk in chunks:

@@ -22,6 +22,9 @@ from typing import Protocol
 from .digest import Digest
 from .errors import DigestMismatch, SizeMismatch, StoreError
 from .faults import crashpoint
+from .hashing import StreamDigest
+
+__all__ = ["BlobWriter", "FileWriter", "NullWriter", "StreamDigest", "WriterBase"]
 
 
 class BlobWriter(Protocol):
@@ -74,30 +77,6 @@ class WriterBase(ABC):
 
     @abstractmethod
     def abort(self) -> None: ...
-
-
-class StreamDigest:
-    """Size and sha256 of a stream that is also given to ``writer``.
-
-    A writer that hashes what it is given already computes this digest, so it
-    is taken from the writer instead of hashing every byte twice.
-    """
-
-    def __init__(self, writer: object | None = None) -> None:
-        self._writer = writer if isinstance(writer, WriterBase) and writer.hashes else None
-        self._hash = None if self._writer else hashlib.sha256()
-        self.size = 0
-
-    def update(self, data: bytes | memoryview) -> None:
-        if self._hash is not None:
-            self._hash.update(data)
-        self.size += len(data)
-
-    def value(self) -> Digest:
-        if self._writer is not None:
-            return self._writer.written_digest()
-        assert self._hash is not None
-        return Digest.from_hasher(self._hash)
 
 
 # Bytes written between two early-writeback requests of a FileWriter.

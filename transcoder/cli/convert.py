@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from ..blobs import convert_blob
-from ..codecs import ZstdParams
-from ..codecs.zstd import DEFAULT_LEVEL
-from ..digest import Digest
+from ..codecs.constants import DEFAULT_LEVEL, FRAME_SIZE
 from ..errors import UsageError
-from ..variants import VariantTable
 from .output import emit_json, human, parse_size, progress
 from .registry_flags import RegistryFlags, add_registry_flags
+
+if TYPE_CHECKING:
+    from ..codecs import ZstdParams
+    from ..decode import HeadStart
+    from ..digest import Digest
+
+# This module loads nothing of the encoder side (zstandard, the variant
+# table, data classes) at import: a blob's decode starts first (HeadStart).
 
 IMAGE_PREFIXES = ("oci:", "docker-archive:", "docker://")
 
@@ -73,6 +78,9 @@ def source_flags(args: argparse.Namespace) -> RegistryFlags:
 
 
 def _common(args: argparse.Namespace) -> tuple[ZstdParams, Digest | None, int | None]:
+    from ..codecs import ZstdParams
+    from ..digest import Digest
+
     params = ZstdParams(level=args.level)
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
@@ -99,6 +107,27 @@ def _speaks_https(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    head = _head_start(args)
+    try:
+        return _run(args, head)
+    finally:
+        if head is not None:
+            head.close()
+
+
+def _head_start(args: argparse.Namespace) -> HeadStart | None:
+    """For a blob from a file or stdin, start decoding it now, while the encoder side loads."""
+    if args.to or args.src.startswith(IMAGE_PREFIXES) or not args.output:
+        return None
+    if args.src != "-" and not os.path.isfile(args.src):
+        return None  # a missing source is reported with the other checks, in order
+    max_size = parse_size(args.max_size, "--max-size") if args.max_size else None
+    from ..decode import HeadStart
+
+    return HeadStart.begin(args.src, frame_size=FRAME_SIZE, max_size=max_size)
+
+
+def _run(args: argparse.Namespace, head: HeadStart | None) -> int:
     params, expect, max_size = _common(args)
     if args.to or args.src.startswith(IMAGE_PREFIXES):
         if _speaks_https(args):
@@ -112,11 +141,14 @@ def run(args: argparse.Namespace) -> int:
     RegistryFlags.of(args, "dest").refuse("for a --to type=registry sink")
     if not args.output:
         raise UsageError("convert: -o OUT is required for a blob (or use --to SINK with an image reference)")
+    from ..blobs import convert_blob
+    from ..variants import VariantTable
+
     table = None if args.no_table else VariantTable()
     total = os.path.getsize(args.src) if args.src != "-" and os.path.isfile(args.src) else None
     with progress(total, os.path.basename(args.src)) as tick:
         result = convert_blob(
-            args.src, args.output, params=params, workers=args.workers, expect=expect, max_size=max_size,
+            head or args.src, args.output, params=params, workers=args.workers, expect=expect, max_size=max_size,
             table=table, progress=tick,
         )
     if args.json:

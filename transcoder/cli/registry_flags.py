@@ -14,8 +14,7 @@ appear in a message (:func:`~transcoder.registry.credentials.parse_user_pass`).
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import UsageError
 
@@ -43,9 +42,9 @@ def add_registry_flags(group: argparse._ArgumentGroup, side: str, target: str) -
                        "registries (plain HTTP is always allowed for a loopback host)")
 
 
-@dataclass(frozen=True)
-class RegistryFlags:
-    """One side's flags as given (None: not given)."""
+class RegistryFlags(NamedTuple):
+    """One side's flags as given (None: not given). A named tuple, not a data
+    class: ``convert`` parses its flags before ``dataclasses`` is loaded."""
 
     side: str
     creds: str | None = None

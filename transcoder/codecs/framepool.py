@@ -33,7 +33,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import allocator
-from .zstd import FRAME_SIZE, ZstdParams
+from .constants import FRAME_SIZE
+from .zstd import ZstdParams
 
 _END = object()
 IN_FLIGHT = 3  # frames submitted and not yet consumed, per worker: the memory bound

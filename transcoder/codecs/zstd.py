@@ -26,14 +26,9 @@ import zstandard
 
 from .. import accel
 from ..errors import FormatError, UsageError
+from .constants import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL, STRATEGY
 from .detect import ZSTD_MAGIC
 
-MIN_LEVEL = 1
-MAX_LEVEL = 19
-DEFAULT_LEVEL = 3
-# Tar bytes per independent frame; part of the variant's identity.
-FRAME_SIZE = 8 << 20
-STRATEGY = "frames-8MiB"
 READ_SIZE = 1 << 20
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codecs import ZstdParams
+from ..codecs.constants import FRAME_SIZE
 from ..codecs.framepool import EncoderThreads
-from ..codecs.zstd import FRAME_SIZE
 from ..descriptor import (
     ANNOTATION_REF_NAME,
     ANNOTATION_ZSTD,
