@@ -148,3 +148,21 @@ def test_command_line_decode_starts_before_zstandard_loads(tmp_path: Path) -> No
                        env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert r.stdout.split("\n")[-2] == "0 []", (r.stdout, r.stderr)
     assert (tmp_path / "out.zst").stat().st_size > 0
+
+
+def test_command_line_falls_back_when_the_early_open_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the head start cannot open the source, convert goes the usual way
+    (where a variant-table hit may still answer, or the error is reported in
+    its usual place) instead of failing early."""
+    from transcoder import decode
+    from transcoder.cli import main
+    from transcoder.errors import InputError
+
+    def refuse(*_: object, **__: object) -> HeadStart:
+        raise InputError("early open refused")
+
+    monkeypatch.setattr(decode.HeadStart, "begin", refuse)
+    src = tmp_path / "layer.tar.gz"
+    src.write_bytes(gz(make_tar(8, size=300_000)))
+    assert main(["convert", str(src), "-o", str(tmp_path / "out.zst"), "--no-table"]) == 0
+    assert (tmp_path / "out.zst").stat().st_size > 0

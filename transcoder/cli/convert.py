@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..codecs.constants import DEFAULT_LEVEL, FRAME_SIZE
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from .output import emit_json, human, parse_size, progress
 from .registry_flags import RegistryFlags, add_registry_flags
 
@@ -124,7 +124,10 @@ def _head_start(args: argparse.Namespace) -> HeadStart | None:
     max_size = parse_size(args.max_size, "--max-size") if args.max_size else None
     from ..decode import HeadStart
 
-    return HeadStart.begin(args.src, frame_size=FRAME_SIZE, max_size=max_size)
+    try:
+        return HeadStart.begin(args.src, frame_size=FRAME_SIZE, max_size=max_size)
+    except InputError:
+        return None  # unreadable: a variant-table hit may still answer, else the usual path reports it
 
 
 def _run(args: argparse.Namespace, head: HeadStart | None) -> int:
