@@ -139,13 +139,17 @@ class HeadStartCancelled(Exception):
     """Raised in a HeadStart's decode thread once nobody will take its frames."""
 
 
+# Held after the frames when the stream ended before a pool was attached.
+_CLOSED = object()
+
+
 class _Hold:
-    """A HeadStart's producer: holds whole frames until a pool is attached, then passes them on."""
+    """A HeadStart's producer: holds whole frames, then the stream's end (closed or
+    its error), until a pool is attached; from then on passes everything on."""
 
     def __init__(self, name: str, frame_size: int, limit: int) -> None:
         self._name, self._frame_size, self._limit = name, frame_size, max(1, limit)
-        self._held: list[bytes] = []
-        self._end: BaseException | bool | None = False  # False: still decoding; None: closed; else the error
+        self._held: list[object] = []  # frames, then at most one _CLOSED or exception
         self._pool: Producer | None = None
         self._cancelled = False
         self._cond = threading.Condition()
@@ -167,28 +171,21 @@ class _Hold:
                 self._cond.wait()
             if self._cancelled:
                 raise HeadStartCancelled(f"{self._name}: decoding cancelled")
-            pool = self._pool
-            if pool is None:
-                self._held.append(piece)
-                return
-        pool.add(piece)  # after attach: the pool itself (its held frames went first, under the lock)
+        self._put(piece)
 
     def close(self) -> None:
-        self._finish(None)
+        self._put(_CLOSED)
 
     def fail(self, exc: BaseException) -> None:
-        self._finish(exc)
+        self._put(exc)
 
-    def _finish(self, end: BaseException | None) -> None:
+    def _put(self, item: object) -> None:
         with self._cond:
             pool = self._pool
             if pool is None:
-                self._end = end
+                self._held.append(item)
                 return
-        if end is None:
-            pool.close()
-        else:
-            pool.fail(end)
+        _deliver(pool, item)  # after attach: the pool itself (what was held went first, under the lock)
 
     # -- the pipeline's side ----------------------------------------------------
 
@@ -202,14 +199,9 @@ class _Hold:
             # Under the lock, so the decode thread's next frame waits for these:
             # the order is the stream's. Two held frames neither fill a pool's
             # queue nor make this thread compress (codecs.framepool).
-            for frame in self._held:
-                pool.add(frame)
+            for item in self._held:
+                _deliver(pool, item)
             self._held.clear()
-            if self._end is None:
-                pool.close()
-            elif self._end is not False:
-                assert isinstance(self._end, BaseException)
-                pool.fail(self._end)
             self._pool = pool
             self._cond.notify_all()
 
@@ -220,6 +212,15 @@ class _Hold:
             self._cancelled = True
             self._held.clear()
             self._cond.notify_all()
+
+
+def _deliver(pool: Producer, item: object) -> None:
+    if item is _CLOSED:
+        pool.close()
+    elif isinstance(item, BaseException):
+        pool.fail(item)
+    else:
+        pool.add(item)  # type: ignore[arg-type]  # a frame
 
 
 class HeadStart:

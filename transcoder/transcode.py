@@ -23,13 +23,13 @@ from typing import Any, BinaryIO
 
 from .codecs import Format, ZstdParams
 from .codecs.framepool import EncoderThreads, FramePool
-from .decode import CHUNK, Decoded, HeadStart, Progress, SourceReader, decode_thread, open_decoder
+from .decode import Decoded, HeadStart, Progress, SourceReader, decode_thread, open_decoder
 from .descriptor import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, Descriptor
 from .digest import Digest
 from .errors import DigestMismatch, SizeLimitExceeded, SizeMismatch
 from .writers import BlobWriter, StreamDigest
 
-__all__ = ["CHUNK", "DecodeResult", "Progress", "TranscodeResult", "decode_stream", "default_workers",
+__all__ = ["DecodeResult", "Progress", "TranscodeResult", "decode_stream", "default_workers",
            "transcode_stream"]
 
 MEDIA_TYPES = {Format.GZIP: OCI_LAYER_GZIP, Format.ZSTD: OCI_LAYER_ZSTD, Format.TAR: OCI_LAYER_TAR}
@@ -103,13 +103,13 @@ def transcode_stream(
     """
     params = params or ZstdParams()
     started = time.perf_counter()
-    head = stream if isinstance(stream, HeadStart) else None
-    if head is not None:
+    head: HeadStart | None = None
+    if isinstance(stream, HeadStart):
+        head = stream
         if tee is not None:
             raise ValueError(f"{head.name}: a tee must see the source from its first byte, before a head start")
         src, info, name, max_size, started = head.reader, head.info, head.name, head.max_size, head.started
     else:
-        assert not isinstance(stream, HeadStart)
         src, info = SourceReader(stream, progress, tee), Decoded()
     with FramePool(params, workers or default_workers(), threads=threads) as pool:
         thread = _start_decoding(head, pool, src, name, max_size, info, progress)

@@ -11,8 +11,8 @@ import io
 from dataclasses import dataclass, field
 
 from ..codecs import Format, detect, iter_gzip, iter_zstd
+from ..decode import CHUNK
 from ..errors import FormatError, InputError, SizeLimitExceeded
-from ..transcode import CHUNK
 from .images import IMAGE_PREFIXES, image_blobs
 
 
