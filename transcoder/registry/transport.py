@@ -34,7 +34,7 @@ from urllib.parse import urljoin
 import httpx
 import tenacity
 
-from .. import __version__, tls
+from .. import __version__
 from ..deadline import Deadline, current, scope
 from ..errors import AuthError, NotFound, SinkError, TransientError
 from ..httpclient import new_client
@@ -129,7 +129,7 @@ class RegistryHTTP:
         self.requests = 0  # every request sent, retries and auth round trips included
         self._auth = RegistryAuth(host, self.credentials, self._token_request)
         self._http = new_client(
-            transport=transport, verify=tls.context(not insecure), auth=self._auth,
+            transport=transport, verify=not insecure, auth=self._auth,  # new_client takes the shared context
             timeout=httpx.Timeout(timeout, connect=10.0),
             headers={"User-Agent": f"transcoder/{__version__}"}, event_hooks={"request": [self._count]},
         )
