@@ -314,10 +314,12 @@ def test_layer_admission_starts_a_big_layer_during_the_tail_of_another() -> None
 
 
 def test_local_image_convert_does_not_load_the_network_stack(layout: Path, tmp_path: Path) -> None:
-    """Start-up is paid per run: a local image conversion imports no HTTP client."""
+    """Start-up is paid per run: a local image conversion imports no HTTP client,
+    nor ``concurrent.futures`` and the ``logging`` it brings (transcoder.parallel)."""
     code = ("import sys; from transcoder.cli import main; "
             f"rc = main(['convert', 'oci:{layout}:app', '--to', 'type=local,dest={tmp_path / 'out'}', '--no-table']); "
-            "print(rc, sorted(m for m in ('httpx', 'httpcore', 'numpy', 'ssl') if m in sys.modules))")
+            "print(rc, sorted(m for m in ('httpx', 'httpcore', 'numpy', 'ssl', 'concurrent.futures', 'logging')"
+            " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[-2] == "0 []", out
 
@@ -361,3 +363,67 @@ def test_variant_records_are_written_to_the_sink_concurrently(tmp_path: Path) ->
     result = convert_image(open_source(f"oci:{src}:three"), sink, ConvertOptions(mode="replace", table=table))
     assert [o.status for o in result.layers] == ["converted"] * 3
     assert len(sink.all_variants()) == 3 and len(table.variants()) == 3  # type: ignore[attr-defined]
+
+
+def test_variant_records_and_manifests_are_written_at_once(tmp_path: Path) -> None:
+    """The records and the manifests are independent round trips on a remote
+    sink, so they go out together: the sink below takes the three records and
+    the first manifest only once all four are being written (a barrier, not a
+    clock; one after the other, the barrier breaks)."""
+    import threading
+
+    from transcoder.images.convert import ConvertOptions, convert_image
+    from transcoder.images.source import open_source
+    from transcoder.sinks import open_sink
+
+    src = write_layout(tmp_path / "src", {"three": TARS[:3]})
+    sink = open_sink(f"type=local,dest={tmp_path / 'store'}")
+    together = threading.Barrier(4, timeout=10)
+    put_variant, put_manifest = sink.put_variant, sink.put_manifest
+    first_manifest = threading.Lock()
+
+    def variant_when_all_are_writing(rec: Any) -> None:
+        together.wait()
+        put_variant(rec)
+
+    def manifest_when_all_are_writing(data: bytes, media_type: str) -> Any:
+        if first_manifest.acquire(blocking=False):
+            together.wait()
+        return put_manifest(data, media_type)
+
+    sink.put_variant = variant_when_all_are_writing  # type: ignore[method-assign]
+    sink.put_manifest = manifest_when_all_are_writing  # type: ignore[method-assign]
+    result = convert_image(open_source(f"oci:{src}:three"), sink, ConvertOptions(mode="replace"))
+    assert [o.status for o in result.layers] == ["converted"] * 3
+    assert len(sink.all_variants()) == 3  # type: ignore[attr-defined]
+    with sink.open_blob(result.root.digest) as f:
+        assert {x["mediaType"] for x in json.load(f)["layers"]} == {OCI_LAYER_ZSTD}
+
+
+def test_a_failed_manifest_write_waits_for_the_records_and_is_raised(tmp_path: Path) -> None:
+    """A manifest write that fails is raised once every record write has ended;
+    no image is recorded."""
+    from transcoder.errors import SinkError
+    from transcoder.images.convert import ConvertOptions, convert_image
+    from transcoder.images.source import open_source
+    from transcoder.sinks import open_sink
+
+    src = write_layout(tmp_path / "src", {"three": TARS[:3]})
+    sink = open_sink(f"type=local,dest={tmp_path / 'store'}")
+    put_variant = sink.put_variant
+    written: list[Any] = []
+
+    def slow_variant(rec: Any) -> None:
+        time.sleep(0.2)
+        put_variant(rec)
+        written.append(rec)
+
+    def refuse_manifest(data: bytes, media_type: str) -> Any:
+        raise SinkError("store: manifest refused")
+
+    sink.put_variant = slow_variant  # type: ignore[method-assign]
+    sink.put_manifest = refuse_manifest  # type: ignore[method-assign]
+    with pytest.raises(SinkError, match="manifest refused"):
+        convert_image(open_source(f"oci:{src}:three"), sink, ConvertOptions(mode="replace"))
+    assert len(written) == 3
+    assert sink.images() == {}  # type: ignore[attr-defined]

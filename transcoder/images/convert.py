@@ -15,7 +15,6 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +34,8 @@ from ..descriptor import (
 )
 from ..digest import Digest
 from ..errors import ManifestError, UsageError
-from ..records import ImageRecord, VariantRecord
+from ..parallel import Parallel, each
+from ..records import ImageRecord
 from ..sinks.base import Sink, put_bytes
 from ..transcode import default_workers
 from ..variants import VariantTable
@@ -155,27 +155,31 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
     job = LayerJob(source, sink, opts.params, opts.mode == "add", opts.table, opts.workers, opts.max_size, opts.progress)
     _check_layers_present(source, p)
     outcomes = _run_layers(job, p, opts.jobs)
-    _record_variants(job, [o.record for o in outcomes.values() if o.record is not None])
-    root = _write_manifests(source, sink, p, outcomes, opts.mode)
+    root = _write_outputs(job, p, outcomes, opts.mode)
     sink.put_image(ImageRecord(name, root))
     layers = [outcomes[d] for d in dict.fromkeys(x.digest for m in p.manifests for x in m.manifest.layers)]
     return ImageResult(name, p.root, root, opts.mode, layers, time.perf_counter() - started)
 
 
-def _record_variants(job: LayerJob, records: list[VariantRecord]) -> None:
-    """Every new variant's record into the sink, several at once (each is
-    independent, and on a remote sink a round trip or four: sequential, they
-    were the last tenth of a second of a registry conversion with both cores
-    idle), then into the local table, in this thread (a SQLite connection
-    stays with the thread that opened it). Raises the first failure in plan
-    order, once every write has ended."""
-    if records:
-        with ThreadPoolExecutor(min(RECORD_WRITERS, len(records)), thread_name_prefix="record") as pool:
-            writes = [pool.submit(job.put_record, rec) for rec in records]
-        for write in writes:
-            write.result()
+def _write_outputs(job: LayerJob, p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str) -> Descriptor:
+    """Every new variant's record into the sink, several at once, while this
+    thread writes the configs and manifests; then the variants into the local
+    table. Records and manifests are independent, and on a remote sink each is
+    a round trip or four: one after another, they were the last tenth of a
+    second of a registry conversion with both cores idle. Once every write has
+    ended, a record's failure is raised first (the first in plan order), then
+    a manifest's. Returns the root descriptor."""
+    records = [o.record for o in outcomes.values() if o.record is not None]
+    writes = Parallel(job.put_record, records, RECORD_WRITERS, "record")
+    try:
+        root = _write_manifests(job.source, job.sink, p, outcomes, mode)
+    except BaseException:
+        writes.join()
+        raise
+    writes.join()
     for rec in records:
         job.remember(rec)
+    return root
 
 
 def _check_layers_present(source: ImageSource, p: Plan) -> None:
@@ -199,15 +203,15 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int) -> dict[Digest, LayerOutcome]
     # several run and the last layer alone still gets them all.
     workers = job.workers or default_workers()
     admission = _Admission(max(1, jobs))
-    with EncoderThreads(max(0, workers - 1)) as threads, \
-            ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="layer") as pool:
+    with EncoderThreads(max(0, workers - 1)) as threads:
         job = dataclasses.replace(job, threads=threads, source_read=admission.ease)
-        futures = {d: pool.submit(admission.run, i, _weight(layer, workers, jobs), job.run, layer)
-                   for i, (d, layer) in enumerate(unique.items())}
-        errors = [f.exception() for f in futures.values() if f.exception() is not None]
-    if errors:
-        raise errors[0]  # type: ignore[misc]
-    return {d: f.result() for d, f in futures.items()}
+
+        def run(item: tuple[int, Descriptor]) -> LayerOutcome:
+            return admission.run(item[0], _weight(item[1], workers, jobs), job.run, item[1])
+
+        # Every layer runs to its end; then the first failure in plan order is raised.
+        outcomes = each(run, list(enumerate(unique.values())), max(1, jobs), "layer")
+    return dict(zip(unique, outcomes, strict=True))
 
 
 def _weight(layer: Descriptor, workers: int, jobs: int) -> int:
