@@ -31,6 +31,13 @@ of a conversion is that work plus the registry's CPU for the run, halved;
 skopeo's wall over it is the best ratio any pipeline on these stages could
 show in that repetition.
 
+It also moves the same bytes with nothing else: a client of a few lines on
+raw sockets GETs the three gzip layers into one reused buffer and pushes
+that repetition's zstd layers (POST, then one PUT from memory) into a new
+repository. Its CPU and the registry's are what any client, in any
+language, pays the wire; the floor with transfers is the stage work plus
+both, halved.
+
 Run from the repository: ``python benchmarks/bench_registry.py [--reps 3]``.
 """
 
@@ -215,10 +222,70 @@ def main() -> None:
     report(results, tar_bytes, args.json)
 
 
+def _exchange(registry: Registry, head: str, body: memoryview | None = None,
+              into: bytearray | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request on a new connection, the least a client can do:
+    send it (and its body, from memory), read the answer (into ``into``,
+    reused, when given: then the body is not kept). Status, headers, body."""
+    with socket.create_connection(("127.0.0.1", registry.port)) as s:
+        length = f"Content-Length: {len(body)}\r\n" if body is not None else ""
+        s.sendall(f"{head} HTTP/1.1\r\nHost: {registry.host}\r\n{length}Connection: close\r\n\r\n".encode())
+        if body is not None:
+            s.sendall(body)
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            more = s.recv(65536)
+            if not more:
+                raise SystemExit(f"registry closed the connection: {head}")
+            raw += more
+        top, rest = raw.split(b"\r\n\r\n", 1)
+        lines = top.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        left = int(headers.get("content-length", "0")) - len(rest)
+        kept = [rest]
+        buf = memoryview(into) if into is not None else None
+        while left > 0:
+            if buf is not None:
+                n = s.recv_into(buf, min(left, len(buf)))
+            else:
+                kept.append(s.recv(min(left, 1 << 20)))
+                n = len(kept[-1])
+            if not n:
+                raise SystemExit(f"registry ended the body early: {head}")
+            left -= n
+        return int(lines[0].split()[1]), headers, b"".join(kept) if buf is None else b""
+
+
+def wire_cost(registry: Registry, src: str, layers: list[str], outputs: list[str], dest: str,
+              scratch: str) -> tuple[float, float]:
+    """CPU seconds (client, registry) of moving these bytes and nothing else:
+    GET the ``layers`` of ``src``, push the ``outputs`` (read from ``dest``
+    first, untimed) into the new repository ``scratch``."""
+    blobs = []
+    for digest in outputs:
+        status, _, data = _exchange(registry, f"GET /v2/{dest}/blobs/{digest}")
+        assert status == 200, (status, digest)
+        blobs.append((digest, data))
+    buf = bytearray(1 << 20)
+    reg, cpu = registry.cpu(), resource.getrusage(resource.RUSAGE_THREAD)
+    for digest in layers:
+        assert _exchange(registry, f"GET /v2/{src}/blobs/{digest}", into=buf)[0] == 200
+    for digest, data in blobs:
+        status, headers, _ = _exchange(registry, f"POST /v2/{scratch}/blobs/uploads/")
+        assert status == 202, status
+        where = headers["location"].split(registry.host, 1)[-1]
+        sep = "&" if "?" in where else "?"
+        status, _, _ = _exchange(registry, f"PUT {where}{sep}digest={digest}", body=memoryview(data))
+        assert status == 201, (status, digest)
+    after = resource.getrusage(resource.RUSAGE_THREAD)
+    return after.ru_utime - cpu.ru_utime + after.ru_stime - cpu.ru_stime, registry.cpu() - reg
+
+
 def measure(registry: Registry, work: Path, reps: int, tars: list[dict[str, Any]]) -> dict[str, Any]:
     runs: dict[str, list[Run]] = {"ours replace": [], "ours add": [], "skopeo": []}
     order = list(runs)
     stage: list[float] = []  # per repetition: the layers' stage work on one thread
+    wire: list[tuple[float, float]] = []  # per repetition: (client, registry) CPU of the transfers alone
     for rep in range(reps):
         stage.append(stage_seconds([Path(str(t["path"])) for t in tars], 3))
         for name in order[rep % 3:] + order[: rep % 3]:
@@ -231,7 +298,10 @@ def measure(registry: Registry, work: Path, reps: int, tars: list[dict[str, Any]
                 run = ours(registry, "corpus/src:gzip", dest, name.split()[1], work / f"home-r{rep}-{slug}")
                 check_ours(run, tars)
             runs[name].append(run)
-    return {"runs": runs, "stage": stage}
+        outputs = [o["target"]["digest"] for o in runs["ours replace"][-1].report["layers"]]
+        wire.append(wire_cost(registry, "corpus/src", [str(t["digest"]) for t in tars], outputs,
+                              f"bench/r{rep}-ours-replace", f"bench/r{rep}-wire"))
+    return {"runs": runs, "stage": stage, "wire": wire}
 
 
 def report(results: dict[str, Any], tar_bytes: int, out: Path | None) -> None:
@@ -253,6 +323,7 @@ def report(results: dict[str, Any], tar_bytes: int, out: Path | None) -> None:
           f"add {total['skopeo'] / total['ours add']:.2f}x (the figure to trust when the load average is high; "
           f"now {os.getloadavg()[0]:.2f})")
     print_floor(results["stage"], runs)
+    print_wire_floor(results["stage"], results["wire"], runs)
     print("\n| unchanged rerun (ours add) | wall s | layers | requests | by kind | blobs uploaded |")
     print("|---|---|---|---|---|---|")
     for u in results["unchanged"]:
@@ -262,7 +333,8 @@ def report(results: dict[str, Any], tar_bytes: int, out: Path | None) -> None:
     if out:
         data = {"runs": {k: [{"wall": r.wall, "cpu": r.cpu, "registry_cpu": r.registry_cpu} for r in v]
                          for k, v in runs.items()},
-                "stage_seconds": results["stage"], "ratio_replace": ratio, "unchanged": results["unchanged"],
+                "stage_seconds": results["stage"], "wire_cpu": results["wire"],
+                "ratio_replace": ratio, "unchanged": results["unchanged"],
                 "tar_bytes": tar_bytes}
         out.write_text(json.dumps(data, indent=1))
 
@@ -273,6 +345,17 @@ def print_floor(stage: list[float], runs: dict[str, list[Run]]) -> None:
     print(f"floor (stage work {statistics.median(stage):.2f} s on one thread, plus the registry's CPU, halved): "
           f"{statistics.median(floors):.2f} s; "
           + floor_summary(floors, [k.wall for k in runs["skopeo"]], [o.wall for o in runs["ours replace"]]))
+
+
+def print_wire_floor(stage: list[float], wire: list[tuple[float, float]], runs: dict[str, list[Run]]) -> None:
+    """The floor with the transfers: stage work plus what moving the bytes alone costs both sides, halved."""
+    client = statistics.median(c for c, _ in wire)
+    served = statistics.median(r for _, r in wire)
+    floors = [(w + c + r) / 2 for w, (c, r) in zip(stage, wire, strict=True)]
+    print(f"moving the bytes alone (raw sockets: the gzip layers pulled, the zstd layers pushed): client "
+          f"{client:.2f} CPU-s, registry {served:.2f} CPU-s; floor with transfers (stage work plus both, halved): "
+          f"{statistics.median(floors):.2f} s; " + floor_summary(floors, [k.wall for k in runs["skopeo"]],
+                                                               [o.wall for o in runs["ours replace"]]))
 
 
 if __name__ == "__main__":
