@@ -297,5 +297,6 @@ def test_environment_forces_python_twin() -> None:
     assert out.startswith("python ")
     env.pop(accel.NO_NATIVE_ENV)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    built = [n for n, impls in (("native", accel.frame_walkers()), ("isal", accel.gzip_frame_impls())) if "native" in impls]
+    built = [n for n, impls in (("native", accel.frame_walkers()), ("isal", accel.gzip_frame_impls()),
+                                ("sha", accel.sha256_impls())) if "native" in impls]
     assert out.split()[0] == ("+".join(built) or "python")

@@ -17,15 +17,20 @@ Only loops where the benchmark shows C ahead live here (benchmarks/README.md):
   has ISA-L write into the frame itself. It is a separate extension because
   it links the system's ISA-L (Debian: libisal-dev), which may be absent
   where ``_native`` builds.
+- ``sha256``: SHA-256 with the x86 SHA extensions (``transcoder._sha256``).
+  One stream runs at hashlib's speed; ``update_pair`` hashes two streams in
+  nearly the time of one (hashing.py says where the pipeline uses it). Used
+  only on a CPU that has the extensions; hashlib otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 from collections.abc import Callable
 from types import ModuleType
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import FormatError
 
@@ -59,11 +64,27 @@ def _import(name: str) -> ModuleType | None:
 # Importable at all (tests and benchmarks use them even when forced off) ...
 _native = _import("_native")
 _isal = _import("_isal")
+_sha256 = _import("_sha256")
 # ... and chosen for the product's hot paths.
 _ALLOWED = os.environ.get(NO_NATIVE_ENV, "") in ("", "0")
 NATIVE = _native is not None and _ALLOWED
 NATIVE_GZIP = _isal is not None and _ALLOWED
-IMPLEMENTATION = "+".join(n for n, on in (("native", NATIVE), ("isal", NATIVE_GZIP)) if on) or "python"
+NATIVE_SHA256 = _sha256 is not None and bool(_sha256.available) and _ALLOWED
+IMPLEMENTATION = "+".join(n for n, on in (("native", NATIVE), ("isal", NATIVE_GZIP), ("sha", NATIVE_SHA256))
+                          if on) or "python"
+
+
+def sha256_impls() -> dict[str, Callable[[], Any]]:
+    """Every SHA-256 usable here, by name, whatever the environment forces; for tests and benchmarks."""
+    impls: dict[str, Callable[[], Any]] = {"hashlib": hashlib.sha256}
+    if _sha256 is not None and _sha256.available:
+        impls["native"] = _sha256.Sha256
+    return impls
+
+
+def native_update_pair() -> Callable[[Any, Any, Any, Any], None] | None:
+    """``transcoder._sha256.update_pair`` when the product uses it, else None."""
+    return _sha256.update_pair if NATIVE_SHA256 and _sha256 is not None else None  # type: ignore[no-any-return]
 
 
 def python_frame_walker(name: str) -> FrameWalker:

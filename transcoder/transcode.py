@@ -27,6 +27,7 @@ from .decode import Decoded, HeadStart, Progress, SourceReader, decode_thread, o
 from .descriptor import OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, Descriptor
 from .digest import Digest
 from .errors import DigestMismatch, SizeLimitExceeded, SizeMismatch
+from .hashing import new_sha256
 from .writers import BlobWriter, StreamDigest
 
 __all__ = ["DecodeResult", "Progress", "TranscodeResult", "decode_stream", "default_workers",
@@ -151,15 +152,22 @@ def _write_frames(pool: FramePool, writer: BlobWriter) -> tuple[Descriptor, Dige
     """Consumer: the frames, in order, into ``writer``; returns the output's descriptor and the diffID.
 
     The tar is hashed here, a frame at a time, rather than in the decode
-    thread: decoding is the one serial stage, and this thread has time.
+    thread: decoding is the one serial stage, and this thread has time. Each
+    frame's tar is hashed while it is still being compressed, in one pass
+    with the previous frame's output (``hashing.update_pair``: two SHA-256
+    streams at once cost about one), which is written then.
     """
     out = StreamDigest(writer)
-    tar_hash = hashlib.sha256()
+    tar_hash = new_sha256()
+    held: bytes | None = None  # the previous frame's output, not yet hashed or written
     for frame, compression in pool.frames():
-        tar_hash.update(frame)
-        compressed = compression.result()
-        out.update(compressed)
-        writer.write(compressed)
+        if held is None:
+            tar_hash.update(frame)
+        else:
+            out.write_along(writer, held, tar_hash, frame)
+        held = compression.result()
+    if held is not None:
+        out.write_along(writer, held)
     return Descriptor(OCI_LAYER_ZSTD, out.value(), out.size), Digest.from_hasher(tar_hash)
 
 
