@@ -268,13 +268,16 @@ class FailingWriter(Collect):
 
 def test_writer_failure_stops_every_thread() -> None:
     before = threading.active_count()
-    src = io.BytesIO(BIG * 3)  # plain tar, seven frames
+    # Plain tar, thirteen frames: more than the decoder may run ahead of a
+    # failing writer (three frames in flight per worker, the one being filled,
+    # and the output held one frame to be hashed with the next frame's tar).
+    src = io.BytesIO(BIG * 6)
     w = FailingWriter()
     with pytest.raises(OSError, match="disk full"):
         transcode_stream(src, w, workers=2)
     assert not w.committed
     assert threading.active_count() == before  # decode thread and encoder workers are gone
-    assert src.tell() < len(BIG) * 3  # the decoder was stopped, not left to read the rest
+    assert src.tell() < len(BIG) * 6  # the decoder was stopped, not left to read the rest
 
 
 def test_file_writer_starts_writeback_as_it_goes(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -180,3 +180,55 @@ def test_pipeline_digests_match_hashlib(tmp_path: Any, forced: bool) -> None:
     lines = out.stdout.split("\n")[:2]
     assert lines[0] == lines[1]  # the same output whatever writer
     assert lines[0].startswith(str(False if forced else accel.NATIVE_SHA256))
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that returns at most ``n`` bytes per read, as a pipe or a socket may,
+    and never reads across ``cut`` (so the bytes after it arrive in a read of their own)."""
+
+    def __init__(self, data: bytes, n: int, cut: int | None = None) -> None:
+        self._data, self._n, self._at, self._cut = data, n, 0, cut
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        end = self._cut if self._cut is not None and self._at < self._cut else len(self._data)
+        k = min(self._n, len(b), end - self._at)
+        b[:k] = self._data[self._at : self._at + k]
+        self._at += k
+        return k
+
+
+@pytest.mark.parametrize("kind", ["gzip-exact-frames", "gzip-short-reads", "gzip-trailer-apart", "tar", "zstd",
+                                  "head-start", "tee"])
+def test_source_hashed_with_the_tar_gives_the_source_digest(kind: str, tmp_path: Any) -> None:
+    """The source's bytes are hashed by the consumer, in one pass with the tar:
+    its digest is still the source's, whatever the format, however the bytes
+    arrive, and when the source ends after a frame boundary (the gzip trailer
+    then follows the last whole frame)."""
+    import gzip
+
+    import zstandard
+
+    from transcoder.codecs.constants import FRAME_SIZE
+    from transcoder.decode import HeadStart
+    from transcoder.transcode import transcode_stream
+
+    # Exactly two frames, compressible; a tar source must be a real tar (detected by its header).
+    tar = make_tar(5, size=20 << 20, files=20) if kind == "tar" else os.urandom(FRAME_SIZE // 2) * 4
+    gz = gzip.compress(tar, 1, mtime=0)
+    src = {"tar": tar, "zstd": zstandard.ZstdCompressor(level=1).compress(tar)}.get(kind, gz)
+    stream: Any = _Trickle(src, 10_000) if kind == "gzip-short-reads" else io.BytesIO(src)
+    if kind == "gzip-trailer-apart":  # read after the last frame is complete: carried past the frames
+        stream = _Trickle(src, 1 << 20, cut=len(src) - 8)
+    if kind == "head-start":
+        path = tmp_path / "layer.gz"
+        path.write_bytes(src)
+        stream = HeadStart.begin(str(path), frame_size=FRAME_SIZE)
+    tee = NullWriter("tee") if kind == "tee" else None
+    w = NullWriter("out")
+    r = transcode_stream(stream, w, name="layer", tee=tee)
+    assert r.source.digest == Digest.of(src) and r.source.size == len(src)
+    assert r.diff_id == Digest.of(tar)
+    assert w.done and (tee is None or tee.done)

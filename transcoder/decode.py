@@ -31,9 +31,15 @@ Progress = Callable[[int], None]
 
 
 class SourceReader:
-    """Reads the source, hashing and counting every byte exactly once."""
+    """Reads the source, hashing and counting every byte exactly once.
 
-    def __init__(self, stream: BinaryIO, progress: Progress | None = None, tee: object | None = None) -> None:
+    With ``defer`` (and no tee), the bytes read are kept instead of hashed:
+    :meth:`take_pending` hands them to the pipeline, whose consumer hashes
+    them into ``digest`` in one pass with the tar (``transcode._write_frames``).
+    """
+
+    def __init__(self, stream: BinaryIO, progress: Progress | None = None, tee: object | None = None,
+                 defer: bool = False) -> None:
         self._stream = stream
         # The decoders take pieces of any length: read1 hands over what one read
         # brings (a registry download's chunks without another copy).
@@ -43,11 +49,20 @@ class SourceReader:
         self._tee = tee
         # A tee that hashes what it is given hashes the source for us.
         self.digest = StreamDigest(tee)
+        self._pending: list[bytes] | None = [] if defer and tee is None else None
+        self._size = 0
         self._head = b""
 
     @property
     def size(self) -> int:
-        return self.digest.size
+        return self._size
+
+    def take_pending(self) -> list[bytes]:
+        """The bytes read and not yet hashed (deferred), in order; they are the caller's to hash now."""
+        if not self._pending:
+            return []
+        out, self._pending = self._pending, []
+        return out
 
     def peek(self, n: int) -> bytes:
         while len(self._head) < n:
@@ -63,7 +78,11 @@ class SourceReader:
         else:
             data = self._read(n)
         if data:
-            self.digest.update(data)
+            self._size += len(data)
+            if self._pending is not None:
+                self._pending.append(data)
+            else:
+                self.digest.update(data)
             if self._tee is not None:
                 self._tee.write(data)  # type: ignore[attr-defined]
             if self.progress is not None:
@@ -108,14 +127,15 @@ def open_decoder(src: SourceReader, name: str, frame_size: int | None = None) ->
 
 
 class Producer(Protocol):
-    """Where the decode thread puts the tar: a ``codecs.framepool.FramePool``, or a HeadStart's hold."""
+    """Where the decode thread puts the tar: a ``codecs.framepool.FramePool``, or a HeadStart's hold.
+    ``source``: the source bytes read since the last call, not yet hashed (SourceReader.take_pending)."""
 
     @property
     def frame_size(self) -> int: ...
 
-    def add(self, piece: bytes) -> None: ...
+    def add(self, piece: bytes, source: list[bytes] | None = None) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, source: list[bytes] | None = None) -> None: ...
 
     def fail(self, exc: BaseException) -> None: ...
 
@@ -129,8 +149,8 @@ def decode_thread(src: SourceReader, name: str, max_size: int | None, pool: Prod
             if max_size is not None and info.tar_size > max_size:
                 raise SizeLimitExceeded(f"{name}: decoded size exceeds --max-size {max_size} bytes")
             crashpoint("decode")
-            pool.add(chunk)
-        pool.close()
+            pool.add(chunk, src.take_pending())
+        pool.close(src.take_pending())
     except BaseException as exc:
         pool.fail(exc)
 
@@ -149,7 +169,7 @@ class _Hold:
 
     def __init__(self, name: str, frame_size: int, limit: int) -> None:
         self._name, self._frame_size, self._limit = name, frame_size, max(1, limit)
-        self._held: list[object] = []  # frames, then at most one _CLOSED or exception
+        self._held: list[object] = []  # (frame, source), then at most one (_CLOSED, source) or exception
         self._pool: Producer | None = None
         self._cancelled = False
         self._cond = threading.Condition()
@@ -165,16 +185,16 @@ class _Hold:
 
     # -- the decode thread's side -------------------------------------------------
 
-    def add(self, piece: bytes) -> None:
+    def add(self, piece: bytes, source: list[bytes] | None = None) -> None:
         with self._cond:
             while self._pool is None and len(self._held) >= self._limit and not self._cancelled:
                 self._cond.wait()
             if self._cancelled:
                 raise HeadStartCancelled(f"{self._name}: decoding cancelled")
-        self._put(piece)
+        self._put((piece, source))
 
-    def close(self) -> None:
-        self._put(_CLOSED)
+    def close(self, source: list[bytes] | None = None) -> None:
+        self._put((_CLOSED, source))
 
     def fail(self, exc: BaseException) -> None:
         self._put(exc)
@@ -215,12 +235,16 @@ class _Hold:
 
 
 def _deliver(pool: Producer, item: object) -> None:
-    if item is _CLOSED:
-        pool.close()
-    elif isinstance(item, BaseException):
+    if isinstance(item, BaseException):
         pool.fail(item)
+        return
+    piece: object
+    source: list[bytes] | None
+    piece, source = item  # type: ignore[misc]  # (a frame or _CLOSED, its source bytes)
+    if piece is _CLOSED:
+        pool.close(source)
     else:
-        pool.add(item)  # type: ignore[arg-type]  # a frame
+        pool.add(piece, source)  # type: ignore[arg-type]  # a frame
 
 
 class HeadStart:
@@ -247,7 +271,7 @@ class HeadStart:
         self.started = time.perf_counter()
         self.name, self.path, self.max_size = name, path, max_size
         self._stream, self._owned = stream, owned
-        self.reader = SourceReader(stream)
+        self.reader = SourceReader(stream, defer=True)
         self.info = Decoded()
         self._hold = _Hold(name, frame_size, hold)
         self.thread = threading.Thread(target=decode_thread, args=(self.reader, name, max_size, self._hold, self.info),

@@ -111,11 +111,11 @@ def transcode_stream(
             raise ValueError(f"{head.name}: a tee must see the source from its first byte, before a head start")
         src, info, name, max_size, started = head.reader, head.info, head.name, head.max_size, head.started
     else:
-        src, info = SourceReader(stream, progress, tee), Decoded()
+        src, info = SourceReader(stream, progress, tee, defer=True), Decoded()
     with FramePool(params, workers or default_workers(), threads=threads) as pool:
         thread = _start_decoding(head, pool, src, name, max_size, info, progress)
         try:
-            target, diff_id = _write_frames(pool, writer)
+            target, diff_id = _write_frames(pool, writer, src.digest)
             thread.join()
             source_digest = _check_source(src, name, expect, expect_size)
             writer.commit(target.size, target.digest)
@@ -148,26 +148,35 @@ def _start_decoding(head: HeadStart | None, pool: FramePool, src: SourceReader, 
     return head.thread
 
 
-def _write_frames(pool: FramePool, writer: BlobWriter) -> tuple[Descriptor, Digest]:
+def _write_frames(pool: FramePool, writer: BlobWriter, source: StreamDigest) -> tuple[Descriptor, Digest]:
     """Consumer: the frames, in order, into ``writer``; returns the output's descriptor and the diffID.
 
     The tar is hashed here, a frame at a time, rather than in the decode
     thread: decoding is the one serial stage, and this thread has time. Each
     frame's tar is hashed while it is still being compressed, in one pass
-    with the previous frame's output (``hashing.update_pair``: two SHA-256
-    streams at once cost about one), which is written then.
+    with the source bytes read for it (``source``, when the reader deferred
+    them) and then with the previous frame's output, which is written then
+    (``hashing.update_pair``: two SHA-256 streams at once cost about one, and
+    the tar is longer than the other two together on any compressible layer).
     """
     out = StreamDigest(writer)
     tar_hash = new_sha256()
     held: bytes | None = None  # the previous frame's output, not yet hashed or written
-    for frame, compression in pool.frames():
-        if held is None:
-            tar_hash.update(frame)
-        else:
-            out.write_along(writer, held, tar_hash, frame)
+    for frame, compression, read in pool.frames():
+        view = memoryview(frame)
+        at = 0
+        for chunk in read:
+            source.update_along(chunk, tar_hash, view[at : at + len(chunk)])
+            at += len(chunk)
+        if held is not None:
+            out.write_along(writer, held, tar_hash, view[at : at + len(held)])
+            at += len(held)
+        tar_hash.update(view[at:])
         held = compression.result()
     if held is not None:
         out.write_along(writer, held)
+    for chunk in pool.leftover_source:
+        source.update(chunk)
     return Descriptor(OCI_LAYER_ZSTD, out.value(), out.size), Digest.from_hasher(tar_hash)
 
 

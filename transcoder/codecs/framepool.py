@@ -183,6 +183,10 @@ class FramePool:
         self._room = frame_size
         self._submitted = 0
         self._cancelled = False
+        # Source bytes the producer read and left unhashed, carried with the next
+        # frame to the consumer; what follows the last frame, once frames() ends.
+        self._source: list[bytes] = []
+        self.leftover_source: list[bytes] = []
 
     @property
     def frame_size(self) -> int:
@@ -190,10 +194,13 @@ class FramePool:
 
     # -- producer side -----------------------------------------------------
 
-    def add(self, piece: bytes) -> None:
+    def add(self, piece: bytes, source: list[bytes] | None = None) -> None:
         """Append tar bytes; submits every frame they complete (may block).
         A piece that is exactly one whole frame, at a frame boundary, is
-        submitted as it is, without a copy."""
+        submitted as it is, without a copy. ``source``: unhashed source bytes
+        read for it, passed on with the next frame."""
+        if source:
+            self._source.extend(source)
         if len(piece) == self._room == self._frame_size and isinstance(piece, bytes):
             self._submit(whole=piece)
             return
@@ -206,10 +213,13 @@ class FramePool:
             self._parts.append(view)
             self._room -= len(view)
 
-    def close(self) -> None:
+    def close(self, source: list[bytes] | None = None) -> None:
         """End of the tar: submit the last, short frame (an empty tar is one empty frame)."""
+        if source:
+            self._source.extend(source)
         if self._parts or not self._submitted:
             self._submit()
+        self.leftover_source, self._source = self._source, []
         self._ready.put(_END)
         self._threads.help(finished=True)  # the tail: no core idles while frames wait
 
@@ -224,17 +234,20 @@ class FramePool:
         self._parts, self._room = [], self._frame_size
         self._submitted += 1
         compression = Compression()
-        self._ready.put((frame, compression))  # blocks while too many frames are in flight
+        source, self._source = self._source, []
+        self._ready.put((frame, compression, source))  # blocks while too many frames are in flight
         self._threads.submit((self._encode, frame, compression))
         self._threads.help()
 
     # -- consumer side -----------------------------------------------------
 
-    def frames(self) -> Iterator[tuple[bytes, Compression]]:
-        """(frame, its compression) in stream order, until ``close`` (or the producer's error).
-        The frame comes as soon as it is submitted, so the consumer can hash it
-        while it is still being compressed (the last frame's hash then overlaps
-        its compression instead of following it)."""
+    def frames(self) -> Iterator[tuple[bytes, Compression, list[bytes]]]:
+        """(frame, its compression, the unhashed source bytes read for it) in stream
+        order, until ``close`` (or the producer's error); then ``leftover_source``
+        holds what was read after the last frame. The frame comes as soon as it
+        is submitted, so the consumer can hash it while it is still being
+        compressed (the last frame's hash then overlaps its compression instead
+        of following it)."""
         while True:
             item = self._ready.get()
             if item is _END:
