@@ -7,9 +7,9 @@ One run measures, per corpus layer (benchmarks/corpus.py):
    byte, round-robin over --reps, best;
 2. the limit: 2 cores / (inflate + sha256 x (tar+gz+zst)/tar + zstd), the
    baseline's definition; beside it, the limit with the hashing as the
-   product does it (the gzip alone, the tar with the output in one pass:
-   ``hashing.update_pair``, measured as such), stricter where the SHA
-   extensions are used;
+   product does it (the tar in one pass with the gzip, then with the output:
+   ``capacity.hash_as_the_product``, measured as such), stricter where the
+   SHA extensions are used;
 3. the pipeline (transcode_stream to a file, default workers) in a child
    process: wall, CPU, peak RSS; once with the C extension, once with
    TRANSCODER_NO_NATIVE=1;
@@ -55,7 +55,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import capacity
 from benchmarks.corpus import DEFAULT_WORKDIR, build_image, layer_info, sha256_file
 from transcoder.codecs.constants import FRAME_SIZE
-from transcoder.hashing import new_sha256, update_pair
 
 CORES = 2
 MiB = 1 << 20
@@ -154,14 +153,6 @@ def stage_costs(gz_path: Path, level: int, reps: int) -> dict[str, float]:
     del whole
     outputs = [zstandard.ZstdCompressor(level=level).compress(f) for f in frames]
 
-    def sha_tar_with_output() -> None:
-        # The product's consumer: each frame's tar hashed in one pass with the
-        # previous frame's output (hashing.update_pair; with hashlib, one after the other).
-        t, o = new_sha256(), new_sha256()
-        for frame, out in zip(frames, [b"", *outputs[:-1]], strict=True):
-            update_pair(o, out, t, frame)
-        o.update(outputs[-1])
-
     def zstd_frames() -> None:
         c = zstandard.ZstdCompressor(level=level)
         for frame in frames:
@@ -170,7 +161,7 @@ def stage_costs(gz_path: Path, level: int, reps: int) -> dict[str, float]:
     stages: dict[str, tuple[Callable[[], None], Callable[[], float]]] = {
         "inflate": (inflate, time.thread_time),
         "sha256": (sha, time.thread_time),
-        "sha256_tar_zst": (sha_tar_with_output, time.thread_time),
+        "sha256_product": (lambda: capacity.hash_as_the_product(gz, frames, outputs), time.thread_time),
         # Two ways to make zstd on one core: one streamed frame, and the
         # pipeline's one-shot frames; the limit takes the cheaper.
         "zstd_stream": (zstd(0), time.thread_time),
@@ -188,10 +179,9 @@ def stage_costs(gz_path: Path, level: int, reps: int) -> dict[str, float]:
     return costs | {"zstd": min(costs["zstd_stream"], costs["zstd_frames"])}
 
 
-def hashing_cost(costs: dict[str, float], tar: int, gz: int) -> float:
-    """CPU ns per tar byte of the three hashes as the product does them: the
-    source alone, the tar and the output together (``sha256_tar_zst``)."""
-    return costs["sha256"] * gz / tar + costs["sha256_tar_zst"]
+def hashing_cost(costs: dict[str, float]) -> float:
+    """CPU ns per tar byte of the three hashes as the product does them (``sha256_product``)."""
+    return costs["sha256_product"]
 
 
 def limit(costs: dict[str, float], tar: int, gz: int, zst: int) -> tuple[float, float]:
@@ -201,10 +191,10 @@ def limit(costs: dict[str, float], tar: int, gz: int, zst: int) -> tuple[float, 
     return per_byte, CORES * 1e3 / per_byte
 
 
-def limit_paired(costs: dict[str, float], tar: int, gz: int) -> float:
+def limit_paired(costs: dict[str, float]) -> float:
     """The 2-core limit in MB/s of tar with the hashing as the product does it
-    (the tar and the output in one pass): stricter wherever the SHA extensions are used."""
-    return CORES * 1e3 / (costs["inflate"] + hashing_cost(costs, tar, gz) + costs["zstd"])
+    (the tar in one pass with each other stream): stricter wherever the SHA extensions are used."""
+    return CORES * 1e3 / (costs["inflate"] + hashing_cost(costs) + costs["zstd"])
 
 
 # -- 2. children: pipeline and peers -------------------------------------------
@@ -430,8 +420,8 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         sha = c["sha256"] * (r["tar"] + r["gz"] + r["zst"]) / r["tar"]
         print(f"| {r['layer']} | {r['tar'] / 1e6:.1f} | {r['gz'] / 1e6:.1f} | {r['zst'] / 1e6:.1f} | {c['inflate']:.3f} "
               f"| {sha:.3f} | {c['zstd_stream']:.3f} / {c['zstd_frames']:.3f} | {r['ns_per_byte']:.3f} "
-              f"| **{r['limit_mbs']:.1f}** | {hashing_cost(c, r['tar'], r['gz']):.3f}, "
-              f"{limit_paired(c, r['tar'], r['gz']):.1f} | {c['zstd_mt1']:.3f} |")
+              f"| **{r['limit_mbs']:.1f}** | {hashing_cost(c):.3f}, "
+              f"{limit_paired(c):.1f} | {c['zstd_mt1']:.3f} |")
     print("\nPipeline (transcode_stream to a file, C extension) and peers; MB/s of tar, best of "
           f"{meta['reps']}. Ratios are medians of the repetitions, each against the stage costs or peers measured in "
           "the same repetition (best repetition in brackets); RSS = peak of the largest process; other load = cores "

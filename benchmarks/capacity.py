@@ -6,8 +6,9 @@ physical core's caches, memory bandwidth or clock with each other or with
 other guests. This program measures that directly. A child process does
 exactly the work the limit counts, on one thread, for one layer: ISA-L
 inflate of the gzip blob, sha256 of the gzip, tar and zstd bytes (the tar
-and zstd ones in one pass, as the product hashes them), and zstd of the tar
-in the pipeline's one-shot frames. It runs once alone, then as
+in one pass with each of the others, as the product hashes them:
+``hash_as_the_product``), and zstd of the tar in the pipeline's one-shot
+frames. It runs once alone, then as
 two copies started at the same instant. Both copies take the same bytes, so
 
     ceiling = wall alone / mean wall of the pair
@@ -41,6 +42,22 @@ from transcoder.hashing import new_sha256, update_pair
 MiB = 1 << 20
 
 
+def hash_as_the_product(gz: bytes, frames: list[bytes], outputs: list[bytes]) -> None:
+    """A layer's three hashes as ``transcode._write_frames`` does them: each
+    frame's tar in one pass with the source bytes read for it (here the gzip
+    in equal shares per frame), then with the previous frame's output
+    (``hashing.update_pair``; with hashlib, one stream after the other)."""
+    tar_hash, src_hash, out_hash = new_sha256(), new_sha256(), new_sha256()
+    source = memoryview(gz)
+    share = -(-len(gz) // len(frames))
+    for i, frame in enumerate(frames):
+        view, piece, prev = memoryview(frame), source[i * share : (i + 1) * share], outputs[i - 1] if i else b""
+        update_pair(src_hash, piece, tar_hash, view[: len(piece)])
+        update_pair(out_hash, prev, tar_hash, view[len(piece) : len(piece) + len(prev)])
+        tar_hash.update(view[len(piece) + len(prev) :])
+    out_hash.update(outputs[-1])
+
+
 def limit_work(gz_path: Path, level: int) -> tuple[Callable[[], None], int]:
     """The limit's work on one layer as one call on one thread, and the layer's tar size."""
     import zstandard
@@ -57,13 +74,7 @@ def limit_work(gz_path: Path, level: int) -> tuple[Callable[[], None], int]:
         inflate = isal_zlib.decompressobj(31)
         for i in range(0, len(gz), MiB):
             inflate.decompress(gz[i : i + MiB])
-        new_sha256().update(gz)
-        # The tar and the output as the product hashes them: each frame's tar in
-        # one pass with the previous frame's output (hashing.update_pair).
-        t, o = new_sha256(), new_sha256()
-        for frame, out in zip(frames, [b"", *outputs[:-1]], strict=True):
-            update_pair(o, out, t, frame)
-        o.update(outputs[-1])
+        hash_as_the_product(gz, frames, outputs)
         cctx = zstandard.ZstdCompressor(level=level)
         for frame in frames:
             cctx.compress(frame)
