@@ -82,9 +82,9 @@ def sha256_impls() -> dict[str, Callable[[], Any]]:
     return impls
 
 
-def native_update_pair() -> Callable[[Any, Any, Any, Any], None] | None:
-    """``transcoder._sha256.update_pair`` when the product uses it, else None."""
-    return _sha256.update_pair if NATIVE_SHA256 and _sha256 is not None else None  # type: ignore[no-any-return]
+def native_sha256() -> ModuleType | None:
+    """``transcoder._sha256`` when the product uses it (built, the CPU has the extensions, not forced off)."""
+    return _sha256 if NATIVE_SHA256 else None
 
 
 def python_frame_walker(name: str) -> FrameWalker:

@@ -25,8 +25,8 @@ from . import accel
 if TYPE_CHECKING:
     from .digest import Digest
 
-_PAIR = accel.native_update_pair()
-_NATIVE = accel.sha256_impls().get("native") if accel.NATIVE_SHA256 else None
+_MODULE = accel.native_sha256()
+_NATIVE = _MODULE.Sha256 if _MODULE is not None else None
 
 
 def new_sha256() -> Any:
@@ -37,8 +37,8 @@ def new_sha256() -> Any:
 def update_pair(a: Any, data_a: bytes | memoryview, b: Any, data_b: bytes | memoryview) -> None:
     """``a.update(data_a)`` and ``b.update(data_b)``: interleaved, in about the time of
     the longer one, when both are native hashers from :func:`new_sha256`."""
-    if _PAIR is not None and type(a) is type(b) is _NATIVE and a is not b:
-        _PAIR(a, data_a, b, data_b)
+    if _MODULE is not None and type(a) is type(b) is _NATIVE and a is not b:
+        _MODULE.update_pair(a, data_a, b, data_b)
     else:
         a.update(data_a)
         b.update(data_b)
@@ -78,11 +78,10 @@ class StreamDigest:
         self.size += len(data)
 
     def update_along(self, data: bytes | memoryview, hasher: Any, other: bytes | memoryview) -> None:
-        """``update(data)``, hashed in one pass with ``other`` into ``hasher``."""
-        if self._hash is None:  # the writer hashes: nothing to do here but count
-            hasher.update(other)
-        else:
-            update_pair(self._hash, data, hasher, other)
+        """``update(data)``, hashed in one pass with ``other`` into ``hasher``
+        (a source's digest, which hashes for itself: no tee)."""
+        assert self._hash is not None
+        update_pair(self._hash, data, hasher, other)
         self.size += len(data)
 
     def write_along(self, writer: _Writer, data: bytes, hasher: Any = None, other: bytes | memoryview = b"") -> None:
