@@ -400,6 +400,67 @@ def test_variant_records_and_manifests_are_written_at_once(tmp_path: Path) -> No
         assert {x["mediaType"] for x in json.load(f)["layers"]} == {OCI_LAYER_ZSTD}
 
 
+def test_configs_are_written_while_the_layers_transcode(tmp_path: Path) -> None:
+    """A config is known from the start, so it is written while the layers
+    transcode, not among the round trips after them: the sink below commits a
+    zstd layer only once the config has been committed (an event, not a
+    clock; with the config written after the layers, the wait times out)."""
+    import threading
+
+    from transcoder.descriptor import OCI_CONFIG
+    from transcoder.images.convert import ConvertOptions, convert_image
+    from transcoder.images.source import open_source
+    from transcoder.sinks import open_sink
+
+    src = write_layout(tmp_path / "src", {"two": TARS[:2]})
+    sink = open_sink(f"type=local,dest={tmp_path / 'store'}")
+    config_in = threading.Event()
+    blob_writer = sink.blob_writer
+
+    def ordered_writer(media_type: str, **kw: Any) -> Any:
+        writer = blob_writer(media_type, **kw)
+        commit = writer.commit
+
+        def ordered_commit(size: int, digest: Any) -> None:
+            if media_type == OCI_LAYER_ZSTD:
+                assert config_in.wait(10), "a layer was committed before the config was written"
+            commit(size, digest)
+            if media_type == OCI_CONFIG:
+                config_in.set()
+
+        writer.commit = ordered_commit
+        return writer
+
+    sink.blob_writer = ordered_writer  # type: ignore[method-assign]
+    result = convert_image(open_source(f"oci:{src}:two"), sink, ConvertOptions(mode="replace"))
+    assert [o.status for o in result.layers] == ["converted"] * 2
+    assert check_store(tmp_path / "store").ok
+
+
+def test_a_failed_config_write_is_raised_after_the_layers(tmp_path: Path) -> None:
+    """A config the sink refuses fails the conversion with the sink's error,
+    once the layers have ended; no image is recorded."""
+    from transcoder.descriptor import OCI_CONFIG
+    from transcoder.errors import SinkError
+    from transcoder.images.convert import ConvertOptions, convert_image
+    from transcoder.images.source import open_source
+    from transcoder.sinks import open_sink
+
+    src = write_layout(tmp_path / "src", {"two": TARS[:2]})
+    sink = open_sink(f"type=local,dest={tmp_path / 'store'}")
+    blob_writer = sink.blob_writer
+
+    def refusing_writer(media_type: str, **kw: Any) -> Any:
+        if media_type == OCI_CONFIG:
+            raise SinkError("store: config refused")
+        return blob_writer(media_type, **kw)
+
+    sink.blob_writer = refusing_writer  # type: ignore[method-assign]
+    with pytest.raises(SinkError, match="config refused"):
+        convert_image(open_source(f"oci:{src}:two"), sink, ConvertOptions(mode="replace"))
+    assert sink.images() == {}  # type: ignore[attr-defined]
+
+
 def test_a_failed_manifest_write_waits_for_the_records_and_is_raised(tmp_path: Path) -> None:
     """A manifest write that fails is raised once every record write has ended;
     no image is recorded."""

@@ -234,3 +234,37 @@ def test_repo_scoped_key_against_the_registry(registry_auth: Any, home: Path) ->
     assert "wrong-pw-5b0" not in message and registry_auth.password not in message
     with pytest.raises(AuthError, match="401"):
         RegistrySource.from_ref(f"{registry_auth.host}/{other}:v1").resolve()
+
+
+def _unused_token_fetch(*_: Any) -> Any:
+    raise AssertionError("a Basic-auth registry asked for a token")
+
+
+def test_basic_auth_answers_requests_sent_before_the_scheme_was_known(registry_auth: Any) -> None:
+    """Two requests leave anonymously at once (an image's config and its first
+    layer); both get the Basic challenge. The second 401 to arrive is the
+    anonymous one too, not a rejection of the credentials, so both requests
+    are sent again with them."""
+    import httpx
+
+    from transcoder.registry.auth import RegistryAuth
+
+    auth = RegistryAuth(registry_auth.host, Credentials(registry_auth.username, registry_auth.password),
+                        _unused_token_fetch)
+    url = f"http://{registry_auth.host}/v2/"
+    with httpx.Client() as http:
+        flows = [auth.sync_auth_flow(http.build_request("GET", url)) for _ in range(2)]
+        first = [next(flow) for flow in flows]
+        assert all("Authorization" not in r.headers for r in first)
+        again = [flow.send(http.send(r)) for flow, r in zip(flows, first, strict=True)]
+        assert all(r.headers["Authorization"].startswith("Basic ") for r in again)
+        assert [http.send(r).status_code for r in again] == [200, 200]
+
+        # Credentials sent and refused end the flow: the 401 stands.
+        bad = RegistryAuth(registry_auth.host, Credentials(registry_auth.username, "wrong-pw-3c1"), _unused_token_fetch)
+        flow = bad.sync_auth_flow(http.build_request("GET", url))
+        retry = flow.send(http.send(next(flow)))
+        refused = http.send(retry)
+        assert refused.status_code == 401
+        with pytest.raises(StopIteration):
+            flow.send(refused)

@@ -292,6 +292,28 @@ def test_cross_repository_mount(sink: RegistrySink, registry: Any) -> None:
     source.close()
 
 
+def test_records_take_no_head_and_no_read_back(sink: RegistrySink) -> None:
+    """A record's blob is new bytes (it carries its creation time), so no HEAD
+    asks for it first, and settling a tag reads back no record this sink has
+    just written. A variant record: POST, PUT, its tag. An image record that
+    names a tag: POST, PUT, the record's tag, the tags listed, the image's tag,
+    the tags listed again (nothing newer: settled)."""
+    _, desc = _other_image(sink, 3)
+    source = Descriptor(OCI_LAYER_GZIP, Digest.of(b"gzip source 3"), 13)
+    rec = _variant(sink, source, 3, b"zstd bytes 3")
+    before = sink.client.requests
+    sink.put_variant(rec)
+    assert sink.client.requests - before == 3
+    before = sink.client.requests
+    sink.put_image(ImageRecord("app", desc))
+    assert sink.client.requests - before == 6
+    assert sink.client.head_manifest(sink.repository, "app") == desc
+    other = RegistrySink(sink.host, sink.repository)
+    assert other.find_variants(source.digest) == [rec]
+    assert other.images()["app"].root == desc
+    other.close()
+
+
 # -- variant records ----------------------------------------------------------------------
 
 

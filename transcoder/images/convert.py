@@ -11,6 +11,7 @@ that ``gc`` removes).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -154,16 +155,36 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
         raise UsageError(f"{source.name}: the image has no tag; name the result with --tag")
     job = LayerJob(source, sink, opts.params, opts.mode == "add", opts.table, opts.workers, opts.max_size, opts.progress)
     _check_layers_present(source, p)
-    outcomes = _run_layers(job, p, opts.jobs)
+    configs = _put_configs(sink, p)
+    try:
+        outcomes = _run_layers(job, p, opts.jobs)
+    except BaseException:
+        _join_quietly(configs)
+        raise
+    configs.join()
     root = _write_outputs(job, p, outcomes, opts.mode)
     sink.put_image(ImageRecord(name, root))
     layers = [outcomes[d] for d in dict.fromkeys(x.digest for m in p.manifests for x in m.manifest.layers)]
     return ImageResult(name, p.root, root, opts.mode, layers, time.perf_counter() - started)
 
 
+def _put_configs(sink: Sink, p: Plan) -> Parallel[Platformed, Descriptor]:
+    """Every config into the sink while the layers transcode (a conversion
+    leaves configs as they are, so they are known from the start). On a
+    registry each is a HEAD, a POST and a PUT, which were three of the round
+    trips after the last layer, when both cores wait."""
+    return Parallel(lambda m: put_bytes(sink, m.config, m.manifest.config.media_type), p.manifests, 2, "config")
+
+
+def _join_quietly(writes: Parallel[Any, Any]) -> None:
+    """Wait for ``writes`` while another error is on its way out (that one is reported)."""
+    with contextlib.suppress(Exception):
+        writes.join()
+
+
 def _write_outputs(job: LayerJob, p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str) -> Descriptor:
     """Every new variant's record into the sink, several at once, while this
-    thread writes the configs and manifests; then the variants into the local
+    thread writes the manifests; then the variants into the local
     table. Records and manifests are independent, and on a remote sink each is
     a round trip or four: one after another, they were the last tenth of a
     second of a registry conversion with both cores idle. Once every write has
@@ -269,8 +290,7 @@ def _zstd_manifest(m: Platformed, outcomes: dict[Digest, LayerOutcome]) -> tuple
 
 def _write_manifests(source: ImageSource, sink: Sink, p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str) -> Descriptor:
     entries: list[Descriptor] = []
-    for m in p.manifests:
-        put_bytes(sink, m.config, m.manifest.config.media_type)
+    for m in p.manifests:  # configs: already in the sink (_put_configs)
         zdata, changed = _zstd_manifest(m, outcomes)
         if mode == "add" or not changed:
             sink.put_manifest(m.raw, m.desc.media_type)

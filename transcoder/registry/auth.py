@@ -108,11 +108,12 @@ class RegistryAuth(httpx.Auth):
             return
         scopes = scope_for(request)
         self._apply(request, scopes)
+        sent_basic = request.headers.get("Authorization", "").startswith("Basic ")
         response = yield request
         if response.status_code != 401 or not isinstance(request.stream, httpx.ByteStream):
             return  # a streamed body cannot be sent twice: the 401 stands
         challenge = parse_challenge(response.headers.get("www-authenticate"))
-        if challenge is None or not self._answer(challenge, scopes):
+        if challenge is None or not self._answer(challenge, scopes, sent_basic):
             return
         self._apply(request, scopes)
         yield request
@@ -134,14 +135,17 @@ class RegistryAuth(httpx.Auth):
             if token is not None and token.expires > time.monotonic():
                 request.headers["Authorization"] = f"Bearer {token.value}"
 
-    def _answer(self, challenge: Challenge, scopes: list[str]) -> bool:
-        """Learn from a challenge; False when there is nothing better to send."""
+    def _answer(self, challenge: Challenge, scopes: list[str], sent_basic: bool) -> bool:
+        """Learn from a challenge; False when there is nothing better to send.
+
+        Basic credentials are sent again only if this request went without
+        them: another request may have learnt the scheme since this one left,
+        and its 401 is then the anonymous one, not a rejection."""
         if self.credentials is not None and self.credentials.registry_token:
             return False
         if challenge.scheme == "basic":
-            already = self._scheme == "basic"
             self._scheme = "basic"
-            return self.credentials is not None and self.credentials.can_basic and not already
+            return self.credentials is not None and self.credentials.can_basic and not sent_basic
         realm = challenge.params.get("realm")
         if not realm:
             return False

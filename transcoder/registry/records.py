@@ -60,7 +60,7 @@ class RepositoryRecords:
 
     def _push_record_blob(self, body: bytes, media_type: str) -> Descriptor:
         blob = Descriptor(media_type, Digest.of(body), len(body))
-        push_blob(self.client, self.repo, body, blob.digest)
+        push_blob(self.client, self.repo, body, blob.digest, fresh=True)  # records carry their creation time
         return blob
 
     # -- variants -------------------------------------------------------------------
@@ -104,17 +104,19 @@ class RepositoryRecords:
     def put_image(self, rec: ImageRecord) -> None:
         self._manifest_bytes(rec.root)  # the root must be there, as described
         blob = self._push_record_blob(rec.to_bytes(), img.IMAGE_TYPE)
-        self._tag(img.record_tag(rec), img.record_manifest(rec, blob), OCI_MANIFEST)
+        tag = img.record_tag(rec)
+        self._tag(tag, img.record_manifest(rec, blob), OCI_MANIFEST)
         if is_plain_tag(rec.name):
-            self._settle_tag(rec.name)
+            self._settle_tag(rec.name, {tag: rec})
 
-    def _settle_tag(self, name: str) -> None:
-        """Point tag ``name`` at the newest record's root; see :mod:`.images`."""
+    def _settle_tag(self, name: str, known: dict[str, ImageRecord]) -> None:
+        """Point tag ``name`` at the newest record's root; see :mod:`.images`.
+        ``known``: records this sink has just written, by tag, not read back."""
         pushed: str | None = None
         history: list[img.RecordTag] = []
         for _ in range(SETTLE_ROUNDS):
             history = img.newest_by_name(sorted(self.tags(fresh=True))).get(img.name_hash(name), [])
-            newest = self._read_newest(history)
+            newest = self._read_newest(history, known)
             if newest is None or newest[0].tag == pushed:
                 break
             tag, rec = newest
@@ -122,8 +124,11 @@ class RepositoryRecords:
             pushed = tag.tag
         self._prune(history[:-1])
 
-    def _read_newest(self, history: list[img.RecordTag]) -> tuple[img.RecordTag, ImageRecord] | None:
+    def _read_newest(self, history: list[img.RecordTag], known: dict[str, ImageRecord] | None = None,
+                     ) -> tuple[img.RecordTag, ImageRecord] | None:
         for tag in reversed(history):  # newest first; an older one if that was just pruned
+            if known and tag.tag in known:
+                return tag, known[tag.tag]
             where = f"{self.where}: image record {tag.tag}"
             try:
                 return tag, img.parse_record(self.client.get_manifest(self.repo, tag.tag).data, tag, where)

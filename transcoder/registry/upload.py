@@ -46,9 +46,13 @@ PATCH_ATTEMPTS = 3
 Piece = bytes | memoryview
 
 
-def push_blob(client: RegistryClient, repo: str, data: bytes, digest: Digest) -> bool:
-    """Store ``data`` under ``digest`` unless present; True if it was uploaded."""
-    if client.head_blob(repo, digest) == len(data):
+def push_blob(client: RegistryClient, repo: str, data: bytes, digest: Digest, *, fresh: bool = False) -> bool:
+    """Store ``data`` under ``digest`` unless present; True if it was uploaded.
+
+    ``fresh``: the bytes cannot be there yet (a record, which carries its
+    creation time), so no HEAD asks first; pushing a blob the registry has
+    already is harmless anyway."""
+    if not fresh and client.head_blob(repo, digest) == len(data):
         return False
 
     def once() -> None:
