@@ -400,6 +400,38 @@ def test_variant_records_and_manifests_are_written_at_once(tmp_path: Path) -> No
         assert {x["mediaType"] for x in json.load(f)["layers"]} == {OCI_LAYER_ZSTD}
 
 
+def test_the_image_record_is_written_beside_the_variant_records(tmp_path: Path) -> None:
+    """The image record names only the root manifest, already stored, so it
+    does not wait for the variant records: the sink below takes the three
+    records and the image record only once all four are being written (a
+    barrier, not a clock; image record last, the barrier breaks)."""
+    import threading
+
+    from transcoder.images.convert import ConvertOptions, convert_image
+    from transcoder.images.source import open_source
+    from transcoder.sinks import open_sink
+
+    src = write_layout(tmp_path / "src", {"three": TARS[:3]})
+    sink = open_sink(f"type=local,dest={tmp_path / 'store'}")
+    together = threading.Barrier(4, timeout=10)
+    put_variant, put_image = sink.put_variant, sink.put_image
+
+    def variant_when_all_are_writing(rec: Any) -> None:
+        together.wait()
+        put_variant(rec)
+
+    def image_when_all_are_writing(rec: Any) -> None:
+        together.wait()
+        put_image(rec)
+
+    sink.put_variant = variant_when_all_are_writing  # type: ignore[method-assign]
+    sink.put_image = image_when_all_are_writing  # type: ignore[method-assign]
+    result = convert_image(open_source(f"oci:{src}:three"), sink, ConvertOptions(mode="replace"))
+    assert [o.status for o in result.layers] == ["converted"] * 3
+    assert len(sink.all_variants()) == 3  # type: ignore[attr-defined]
+    assert sink.images()["three"].root.digest == result.root.digest  # type: ignore[attr-defined]
+
+
 def test_configs_are_written_while_the_layers_transcode(tmp_path: Path) -> None:
     """A config is known from the start, so it is written while the layers
     transcode, not among the round trips after them: the sink below commits a

@@ -162,8 +162,7 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
         _join_quietly(configs)
         raise
     configs.join()
-    root = _write_outputs(job, p, outcomes, opts.mode)
-    sink.put_image(ImageRecord(name, root))
+    root = _write_outputs(job, p, outcomes, opts.mode, name)
     layers = [outcomes[d] for d in dict.fromkeys(x.digest for m in p.manifests for x in m.manifest.layers)]
     return ImageResult(name, p.root, root, opts.mode, layers, time.perf_counter() - started)
 
@@ -182,18 +181,23 @@ def _join_quietly(writes: Parallel[Any, Any]) -> None:
         writes.join()
 
 
-def _write_outputs(job: LayerJob, p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str) -> Descriptor:
+def _write_outputs(job: LayerJob, p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str, name: str) -> Descriptor:
     """Every new variant's record into the sink, several at once, while this
-    thread writes the manifests; then the variants into the local
-    table. Records and manifests are independent, and on a remote sink each is
-    a round trip or four: one after another, they were the last tenth of a
-    second of a registry conversion with both cores idle. Once every write has
-    ended, a record's failure is raised first (the first in plan order), then
-    a manifest's. Returns the root descriptor."""
+    thread writes the manifests and then the image record; then the variants
+    into the local table. Returns the root descriptor.
+
+    Each write names only what is already stored (a variant record its blob,
+    the image record the root manifest), so none waits for another kind: on a
+    remote sink each is a few round trips, and one kind after the other they
+    were the last tenth of a second of a registry conversion, with both cores
+    idle. Once every write has ended, a variant record's failure is raised
+    first (the first in plan order), then a manifest's or the image record's;
+    a failed manifest leaves no image record."""
     records = [o.record for o in outcomes.values() if o.record is not None]
     writes = Parallel(job.put_record, records, RECORD_WRITERS, "record")
     try:
         root = _write_manifests(job.source, job.sink, p, outcomes, mode)
+        job.sink.put_image(ImageRecord(name, root))
     except BaseException:
         writes.join()
         raise
