@@ -314,6 +314,23 @@ def test_records_take_no_head_and_no_read_back(sink: RegistrySink) -> None:
     other.close()
 
 
+def test_a_staged_variant_record_is_invisible_until_put(sink: RegistrySink) -> None:
+    """stage_variant pushes the record's blob while other layers still run and
+    tags nothing; put_variant is then one request, the tag that publishes it."""
+    source = Descriptor(OCI_LAYER_GZIP, Digest.of(b"gzip source 4"), 13)
+    rec = _variant(sink, source, 3, b"zstd bytes 4")
+    before = sink.client.requests
+    sink.stage_variant(rec)
+    assert sink.client.requests - before == 2  # POST, PUT
+    other = RegistrySink(sink.host, sink.repository)
+    assert other.find_variants(source.digest) == []
+    before = sink.client.requests
+    sink.put_variant(rec)
+    assert sink.client.requests - before == 1
+    assert RegistrySink(sink.host, sink.repository).find_variants(source.digest) == [rec]
+    other.close()
+
+
 # -- variant records ----------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ into the sink when it lacks them so the source is read exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -17,9 +18,10 @@ from typing import Any
 from ..codecs import ZstdParams
 from ..codecs.framepool import EncoderThreads
 from ..descriptor import GZIP_LAYER_TYPES, OCI_LAYER_ZSTD, TAR_LAYER_TYPES, ZSTD_LAYER_TYPES, Descriptor
+from ..errors import SinkError
 from ..faults import crashpoint
 from ..records import VariantRecord
-from ..sinks.base import BlobMounter, Sink
+from ..sinks.base import BlobMounter, Sink, VariantStager
 from ..transcode import Progress, transcode_stream
 from ..variants import VariantTable
 from .source import ImageSource
@@ -95,7 +97,16 @@ class LayerJob:
                 self.copy(layer)
             return LayerOutcome(layer, rec.target, "hit", str(rec.diff_id), time.perf_counter() - started)
         rec = self.transcode(layer)
+        self._stage(rec)
         return LayerOutcome(layer, rec.target, "converted", str(rec.diff_id), time.perf_counter() - started, rec)
+
+    def _stage(self, rec: VariantRecord) -> None:
+        """Let a sink that can (a registry) store the record's blob while other
+        layers still run, leaving only its tag for the end. Best effort: what
+        fails here is pushed again by ``put_record``, which reports it."""
+        if isinstance(self.sink, VariantStager):
+            with contextlib.suppress(SinkError):
+                self.sink.stage_variant(rec)
 
     def known_variant(self, layer: Descriptor) -> VariantRecord | None:
         candidates: list[VariantRecord] = []

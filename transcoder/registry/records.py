@@ -37,6 +37,7 @@ class RepositoryRecords:
         self._manifest_bytes = manifest_bytes
         self.where = where
         self._tags: set[str] | None = None  # listed once for variant lookups, then kept up to date
+        self._staged: dict[Digest, Descriptor] = {}  # record blobs pushed ahead of their tags, by digest
         self._lock = threading.Lock()
 
     # -- tags --------------------------------------------------------------------
@@ -65,9 +66,19 @@ class RepositoryRecords:
 
     # -- variants -------------------------------------------------------------------
 
+    def stage_variant(self, rec: VariantRecord) -> None:
+        """Push the record's blob now; nothing points to it until :meth:`put_variant`."""
+        blob = self._push_record_blob(rec.to_bytes(), var.VARIANT_TYPE)
+        with self._lock:
+            self._staged[blob.digest] = blob
+
     def put_variant(self, rec: VariantRecord) -> None:
         """The variant blob must already be in the repository (the registry checks)."""
-        blob = self._push_record_blob(rec.to_bytes(), var.VARIANT_TYPE)
+        body = rec.to_bytes()
+        with self._lock:
+            blob = self._staged.pop(Digest.of(body), None)
+        if blob is None:
+            blob = self._push_record_blob(body, var.VARIANT_TYPE)
         self._tag(var.variant_tag(rec.source.digest, rec.params.key), var.record_manifest(rec, blob), OCI_MANIFEST)
 
     def find_variants(self, source: Digest) -> list[VariantRecord]:

@@ -84,6 +84,16 @@ class BlobMounter(Protocol):
 
 
 @runtime_checkable
+class VariantStager(Protocol):
+    """Optional: store what a variant record needs ahead of the record, which
+    stays invisible until ``put_variant``. A remote sink whose record is a blob
+    plus a pointer to it pushes the blob as soon as the variant exists, so the
+    pointer is all that is left once the image has succeeded."""
+
+    def stage_variant(self, rec: VariantRecord) -> None: ...
+
+
+@runtime_checkable
 class ManifestStore(Protocol):
     def put_manifest(self, data: bytes, media_type: str) -> Descriptor: ...
 

@@ -180,6 +180,9 @@ class RegistrySink:
     def images(self) -> dict[str, ImageRecord]:
         return self.records.images()
 
+    def stage_variant(self, rec: VariantRecord) -> None:
+        self.records.stage_variant(rec)
+
     def put_variant(self, rec: VariantRecord) -> None:
         self.records.put_variant(rec)
 
