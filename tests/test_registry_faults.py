@@ -7,6 +7,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,17 @@ def test_5xx_and_refused_connections_are_retried(registry: Any, pushed: Any) -> 
         assert Digest.of(f.read()) == layers[0].digest
     assert faults == {"manifest": 0, "blob": 0}
     src.close()
+
+
+def test_the_retry_library_loads_only_for_a_retry(registry: Any, pushed: Any) -> None:
+    """Requests that succeed at once never import tenacity (its imports were
+    5 ms of every run's start-up); the first failure brings it in."""
+    repo, _, _ = pushed
+    code = ("import sys; from transcoder.registry.client import RegistryClient; "
+            f"c = RegistryClient({registry.host!r}); c.list_tags({repo!r}); "
+            "print('tenacity' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
 
 
 def test_persistent_5xx_gives_up_with_a_transient_error(registry: Any, pushed: Any) -> None:

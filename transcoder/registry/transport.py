@@ -27,12 +27,15 @@ import os
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urljoin
 
 import httpx
-import tenacity
+
+if TYPE_CHECKING:
+    import tenacity
 
 from .. import __version__
 from ..deadline import Deadline, current, scope
@@ -93,13 +96,22 @@ def error_detail(resp: httpx.Response) -> str:
         return ""
 
 
-def _wait(state: tenacity.RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome else None
+def _delay(exc: BaseException | None, failed: int) -> float:
+    """The wait after the ``failed``-th failed attempt: the server's Retry-After, else jittered backoff."""
     hint = getattr(exc, "retry_after", None)
     if hint:
         return float(hint)
-    backoff: float = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (state.attempt_number - 1))
+    backoff: float = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failed - 1))
     return backoff * random.uniform(0.5, 1.0)
+
+
+def _wait_after_first(state: tenacity.RetryCallState) -> float:
+    # tenacity counts from the second attempt (see RegistryHTTP.retrying)
+    return _delay(state.outcome.exception() if state.outcome else None, state.attempt_number + 1)
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, Retryable) and exc.safe
 
 
 class RegistryHTTP:
@@ -228,9 +240,23 @@ class RegistryHTTP:
         return self.retrying(attempt)
 
     def retrying(self, fn: Callable[[], T]) -> T:
+        """``fn`` until it returns, fails for good, or has failed ``attempts`` times.
+
+        The first attempt runs bare and tenacity takes over only after it has
+        failed: its imports (5 ms on one core, before the first request of
+        every run) and its per-call bookkeeping are for the rare bad day."""
+        try:
+            return fn()
+        except Retryable as exc:
+            if not exc.safe or self.attempts <= 1:
+                raise
+            first: BaseException = exc
+        import tenacity
+
+        time.sleep(_delay(first, 1))
         retryer = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts), wait=_wait, reraise=True,
-            retry=tenacity.retry_if_exception(lambda e: isinstance(e, Retryable) and e.safe),
+            stop=tenacity.stop_after_attempt(self.attempts - 1), wait=_wait_after_first, reraise=True,
+            retry=tenacity.retry_if_exception(_retryable),
         )
         return retryer(fn)
 
