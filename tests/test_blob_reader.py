@@ -57,6 +57,18 @@ def test_read1_hands_over_each_received_chunk_itself() -> None:
     assert reader.read1(1 << 20) == CHUNKS[2][10:]  # the rest of that chunk, nothing of the next
 
 
+def test_read_view_hands_over_parts_of_a_chunk_as_views_of_it() -> None:
+    reader = BlobReader(Server(), "blob")
+    assert reader.read_view(1 << 20) is CHUNKS[0]  # a whole chunk: the chunk itself
+    parts = [reader.read_view(300) for _ in range(4)]
+    assert all(isinstance(p, memoryview) and p.obj is CHUNKS[1] for p in parts)  # no copy
+    assert b"".join(parts) == CHUNKS[1] and [len(p) for p in parts] == [300, 300, 300, 101]
+    rest = bytearray()
+    while piece := reader.read_view(777):
+        rest += piece
+    assert bytes(rest) == BLOB[len(CHUNKS[0]) + len(CHUNKS[1]):]
+
+
 def test_read_returns_exactly_what_was_asked_across_chunks() -> None:
     reader = BlobReader(Server(), "blob")
     assert reader.read(2500) == BLOB[:2500]

@@ -41,15 +41,17 @@ class SourceReader:
     def __init__(self, stream: BinaryIO, progress: Progress | None = None, tee: object | None = None,
                  defer: bool = False) -> None:
         self._stream = stream
-        # The decoders take pieces of any length: read1 hands over what one read
-        # brings (a registry download's chunks without another copy).
-        self._read: Callable[[int], bytes] = getattr(stream, "read1", stream.read)
+        # The decoders take pieces of any length and any buffer: read_view and
+        # read1 hand over what one read brings (a registry download's chunks,
+        # or views of them, without another copy).
+        self._read: Callable[[int], bytes | memoryview] = (
+            getattr(stream, "read_view", None) or getattr(stream, "read1", None) or stream.read)
         self.progress = progress
         self._reported = 0
         self._tee = tee
         # A tee that hashes what it is given hashes the source for us.
         self.digest = StreamDigest(tee)
-        self._pending: list[bytes] | None = [] if defer and tee is None else None
+        self._pending: list[bytes | memoryview] | None = [] if defer and tee is None else None
         self._size = 0
         self._head = b""
 
@@ -57,7 +59,7 @@ class SourceReader:
     def size(self) -> int:
         return self._size
 
-    def take_pending(self) -> list[bytes]:
+    def take_pending(self) -> list[bytes | memoryview]:
         """The bytes read and not yet hashed (deferred), in order; they are the caller's to hash now."""
         if not self._pending:
             return []
@@ -72,7 +74,13 @@ class SourceReader:
             self._head += more
         return self._head
 
-    def read(self, n: int) -> bytes:
+    def read_bytes(self, n: int) -> bytes:
+        """:meth:`read` for a consumer that needs bytes (a view is copied)."""
+        data = self.read(n)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def read(self, n: int) -> bytes | memoryview:
+        data: bytes | memoryview
         if self._head:
             data, self._head = self._head, b""
         else:
@@ -112,8 +120,8 @@ def decoded_chunks(src: SourceReader, fmt: Format, name: str, frame_size: int | 
     if fmt is Format.ZSTD:
         from .codecs.zstd import iter_zstd
 
-        return iter_zstd(src.read, name)
-    return iter(lambda: src.read(CHUNK), b"")
+        return iter_zstd(src.read_bytes, name)
+    return iter(lambda: src.read_bytes(CHUNK), b"")
 
 
 def open_decoder(src: SourceReader, name: str, frame_size: int | None = None) -> tuple[Format, Iterator[bytes]]:
@@ -133,9 +141,9 @@ class Producer(Protocol):
     @property
     def frame_size(self) -> int: ...
 
-    def add(self, piece: bytes, source: list[bytes] | None = None) -> None: ...
+    def add(self, piece: bytes, source: list[bytes | memoryview] | None = None) -> None: ...
 
-    def close(self, source: list[bytes] | None = None) -> None: ...
+    def close(self, source: list[bytes | memoryview] | None = None) -> None: ...
 
     def fail(self, exc: BaseException) -> None: ...
 
@@ -185,7 +193,7 @@ class _Hold:
 
     # -- the decode thread's side -------------------------------------------------
 
-    def add(self, piece: bytes, source: list[bytes] | None = None) -> None:
+    def add(self, piece: bytes, source: list[bytes | memoryview] | None = None) -> None:
         with self._cond:
             while self._pool is None and len(self._held) >= self._limit and not self._cancelled:
                 self._cond.wait()
@@ -193,7 +201,7 @@ class _Hold:
                 raise HeadStartCancelled(f"{self._name}: decoding cancelled")
         self._put((piece, source))
 
-    def close(self, source: list[bytes] | None = None) -> None:
+    def close(self, source: list[bytes | memoryview] | None = None) -> None:
         self._put((_CLOSED, source))
 
     def fail(self, exc: BaseException) -> None:
@@ -239,7 +247,7 @@ def _deliver(pool: Producer, item: object) -> None:
         pool.fail(item)
         return
     piece: object
-    source: list[bytes] | None
+    source: list[bytes | memoryview] | None
     piece, source = item  # type: ignore[misc]  # (a frame or _CLOSED, its source bytes)
     if piece is _CLOSED:
         pool.close(source)

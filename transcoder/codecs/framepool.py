@@ -185,8 +185,8 @@ class FramePool:
         self._cancelled = False
         # Source bytes the producer read and left unhashed, carried with the next
         # frame to the consumer; what follows the last frame, once frames() ends.
-        self._source: list[bytes] = []
-        self.leftover_source: list[bytes] = []
+        self._source: list[bytes | memoryview] = []
+        self.leftover_source: list[bytes | memoryview] = []
 
     @property
     def frame_size(self) -> int:
@@ -194,7 +194,7 @@ class FramePool:
 
     # -- producer side -----------------------------------------------------
 
-    def add(self, piece: bytes, source: list[bytes] | None = None) -> None:
+    def add(self, piece: bytes, source: list[bytes | memoryview] | None = None) -> None:
         """Append tar bytes; submits every frame they complete (may block).
         A piece that is exactly one whole frame, at a frame boundary, is
         submitted as it is, without a copy. ``source``: unhashed source bytes
@@ -213,7 +213,7 @@ class FramePool:
             self._parts.append(view)
             self._room -= len(view)
 
-    def close(self, source: list[bytes] | None = None) -> None:
+    def close(self, source: list[bytes | memoryview] | None = None) -> None:
         """End of the tar: submit the last, short frame (an empty tar is one empty frame)."""
         if source:
             self._source.extend(source)
@@ -241,7 +241,7 @@ class FramePool:
 
     # -- consumer side -----------------------------------------------------
 
-    def frames(self) -> Iterator[tuple[bytes, Compression, list[bytes]]]:
+    def frames(self) -> Iterator[tuple[bytes, Compression, list[bytes | memoryview]]]:
         """(frame, its compression, the unhashed source bytes read for it) in stream
         order, until ``close`` (or the producer's error); then ``leftover_source``
         holds what was read after the last frame. The frame comes as soon as it

@@ -81,7 +81,7 @@ class GzipDecoder:
         return self._members
 
 
-def iter_gzip(read: Callable[[int], bytes], name: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+def iter_gzip(read: Callable[[int], bytes | memoryview], name: str, chunk: int = 1 << 20) -> Iterator[bytes]:
     """Decode a whole gzip stream pulled through ``read``."""
     decoder = GzipDecoder(name)
     while data := read(chunk):
@@ -146,7 +146,8 @@ class GzipFrames:
         return frame
 
 
-def iter_gzip_frames(read: Callable[[int], bytes], frames: accel.GzipFrames, chunk: int = 1 << 20) -> Iterator[bytes]:
+def iter_gzip_frames(read: Callable[[int], bytes | memoryview], frames: accel.GzipFrames,
+                     chunk: int = 1 << 20) -> Iterator[bytes]:
     """Whole frames of the tar in a gzip stream pulled through ``read``; the last may be short or empty."""
     while data := read(chunk):
         frames.feed(data)

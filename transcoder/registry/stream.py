@@ -7,8 +7,9 @@ from the byte where it stopped, so a long download survives a reset.
 
 The reader is buffered by the chunks it receives: ``read(n)`` returns ``n``
 bytes unless the blob ends, and ``read1(n)`` returns what one chunk holds,
-the chunk object itself when it fits, so a consumer that takes any length
-(the transcoder's decoder) gets the bytes without another copy.
+the chunk object itself when it fits; ``read_view(n)`` returns a view of
+part of a chunk instead of a copy, so a consumer that takes any length and
+any buffer (the transcoder's decoder) gets the bytes without another copy.
 """
 
 from __future__ import annotations
@@ -124,6 +125,17 @@ class BlobReader(io.BufferedIOBase):
             self._take(n)
             return self._chunk  # the whole chunk as received: no copy
         return bytes(self._take(n))
+
+    def read_view(self, size: int = -1) -> bytes | memoryview:
+        """``read1`` without its copy: up to ``size`` bytes of one received
+        chunk, as a view of it when they are only part of it. Chunks are
+        immutable, so the view may be kept (the transcoder keeps the source's
+        pieces until its consumer hashes them)."""
+        n = self._fill(size)
+        if n == len(self._chunk) and len(self._pending) == n:
+            self._take(n)
+            return self._chunk
+        return self._take(n)
 
     def read(self, size: int | None = -1) -> bytes:
         size = -1 if size is None else size
