@@ -147,12 +147,15 @@ class BreakingStream(httpx.SyncByteStream):
 
 class CutProxy:
     """Forwards TCP to ``upstream``; the first ``cuts`` requests whose first line
-    starts with ``marker`` are cut after ``after`` body bytes (both sides closed)."""
+    starts with ``marker`` are cut after ``after`` body bytes (both sides closed).
+    ``answer``: the answer to such a request is cut instead, after ``after``
+    bytes of it (head included)."""
 
-    def __init__(self, upstream: str, marker: bytes = b"PATCH ", after: int = 1 << 20, cuts: int = 1) -> None:
+    def __init__(self, upstream: str, marker: bytes = b"PATCH ", after: int = 1 << 20, cuts: int = 1,
+                 answer: bool = False) -> None:
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
-        self.marker, self.after, self.cuts = marker, after, cuts
+        self.marker, self.after, self.cuts, self.answer = marker, after, cuts, answer
         self.cut_done = 0
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0))
@@ -171,8 +174,9 @@ class CutProxy:
             except OSError:
                 return
             upstream = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+            doomed = threading.Event()  # set when this connection's answer is to be cut
+            threading.Thread(target=self._pump, args=(client, upstream, True, doomed), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False, doomed), daemon=True).start()
 
     def _take_cut(self) -> bool:
         with self._lock:
@@ -181,12 +185,17 @@ class CutProxy:
             self.cut_done += 1
             return True
 
-    def _pump(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
-        budget: int | None = None  # bytes still allowed through on a doomed request
+    def _pump(self, src: socket.socket, dst: socket.socket, outbound: bool, doomed: threading.Event) -> None:
+        budget: int | None = None  # bytes still allowed through on a doomed request (or answer)
         try:
             while data := src.recv(65536):
-                if outbound and budget is None and self.marker in data and self._take_cut():
-                    budget = self.after + data.index(self.marker)
+                if outbound and budget is None and not doomed.is_set() and self.marker in data and self._take_cut():
+                    if self.answer:
+                        doomed.set()
+                    else:
+                        budget = self.after + data.index(self.marker)
+                if not outbound and budget is None and doomed.is_set():
+                    budget = self.after
                 if budget is not None:
                     if len(data) >= budget:
                         dst.sendall(data[:budget])

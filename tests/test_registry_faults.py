@@ -187,6 +187,48 @@ def test_persistent_5xx_gives_up_with_a_transient_error(registry: Any, pushed: A
     src.close()
 
 
+def test_a_plain_http_blob_body_is_read_from_the_connection_itself(registry: Any, pushed: Any) -> None:
+    """Under heads_apart, reads stop at the end of the answer's head, so h11
+    holds no body bytes and the body is read from the socket itself, without
+    h11's copies; the connection is then closed, and the next request opens
+    another. Without heads_apart, the body stays httpx's."""
+    from transcoder.httpclient import direct_body, heads_apart, new_client
+
+    repo, _, layers = pushed
+    url = f"http://{registry.host}/v2/{repo}/blobs/{layers[0].digest}"
+    with new_client(verify=False) as client:
+        with heads_apart():
+            resp = client.send(client.build_request("GET", url), stream=True)
+        body = direct_body(resp)
+        assert body is not None
+        assert Digest.of(b"".join(body)) == layers[0].digest
+        resp.close()
+        resp = client.send(client.build_request("GET", url), stream=True)
+        assert direct_body(resp) is None
+        assert Digest.of(resp.read()) == layers[0].digest
+        resp.close()
+    src = RegistrySource.from_ref(f"{registry.host}/{repo}:v1")
+    with src.open_blob(layers[1]) as f:
+        assert f._chunks.gi_code.co_name == "_body_chunks"  # type: ignore[attr-defined]
+        assert Digest.of(f.read()) == layers[1].digest
+    src.close()
+
+
+def test_a_plain_http_download_cut_midway_resumes_with_range(registry: Any, pushed: Any) -> None:
+    """A connection that drops in the middle of a body read from the socket
+    itself: the reader asks again from the byte where it stopped."""
+    repo, _, layers = pushed
+    blob = layers[0]
+    proxy = CutProxy(registry.host, marker=f"GET /v2/{repo}/blobs/{blob.digest}".encode(), after=blob.size // 2,
+                     answer=True)
+    src = RegistrySource.from_ref(f"{proxy.host}/{repo}:v1")
+    with src.open_blob(blob) as f:
+        assert Digest.of(f.read()) == blob.digest
+    assert proxy.cut_done == 1
+    src.close()
+    proxy.close()
+
+
 def test_a_download_reset_midway_resumes_with_range(registry: Any, pushed: Any) -> None:
     repo, _, layers = pushed
     broken = []

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpcore
@@ -35,29 +37,73 @@ NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 READ_SIZE = 1 << 20
 
 
+HEAD_END = b"\r\n\r\n"
+HEAD_PEEK = 64 << 10  # bytes looked at per read for the end of a response's head
+_exact = threading.local()
+
+
+@contextmanager
+def heads_apart() -> Iterator[None]:
+    """While active on this thread, reads on plain connections stop at the end
+    of a response head, so that h11 never holds body bytes: the body of the
+    answer can then be read from the connection itself (:func:`direct_body`)."""
+    _exact.on = True
+    try:
+        yield
+    finally:
+        _exact.on = False
+
+
 class DeadlineStream(httpcore.NetworkStream):
     """A connection whose reads end by the calling thread's current deadline."""
 
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
+        sock = inner.get_extra_info("socket")
+        # Only a plain socket can be peeked at (TLS records cannot).
+        self._plain: socket.socket | None = (
+            sock if isinstance(sock, socket.socket) and inner.get_extra_info("ssl_object") is None else None)
+        self.exact_head = False  # the last read stopped at a head's end (or before it), under heads_apart
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        max_bytes = max(max_bytes, READ_SIZE)
+        exact = self._plain is not None and getattr(_exact, "on", False)
+        self.exact_head = exact
+        return self._bounded(max(max_bytes, READ_SIZE), timeout, exact)
+
+    def read_body(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        """Up to ``max_bytes`` of a body that h11 does not see (see :func:`direct_body`)."""
+        return self._bounded(max_bytes, timeout, False)
+
+    def _bounded(self, max_bytes: int, timeout: float | None, exact: bool) -> bytes:
         deadline = current()
         if deadline is None:
-            return self._inner.read(max_bytes, timeout)
+            return self._recv(max_bytes, timeout, exact)
         left = deadline.left()
         if left <= 0:
             raise deadline.error()
         capped = timeout is None or left < timeout
         try:
-            data = self._inner.read(max_bytes, left if capped else timeout)
+            data = self._recv(max_bytes, left if capped else timeout, exact)
         except httpcore.ReadTimeout as exc:
             if capped:
                 raise deadline.error() from exc
             raise
         deadline.feed(len(data))
         return data
+
+    def _recv(self, max_bytes: int, timeout: float | None, exact: bool) -> bytes:
+        if exact and self._plain is not None:
+            # Everything before a head's end is head; take up to the end and no further.
+            try:
+                self._plain.settimeout(timeout)
+                seen = self._plain.recv(min(max_bytes, HEAD_PEEK), socket.MSG_PEEK)
+            except TimeoutError as exc:
+                raise httpcore.ReadTimeout(str(exc)) from exc
+            except OSError as exc:
+                raise httpcore.ReadError(str(exc)) from exc
+            end = seen.find(HEAD_END)
+            max_bytes = end + len(HEAD_END) if end >= 0 else max(1, len(seen))
+        return self._inner.read(max_bytes, timeout)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._inner.write(buffer, timeout)
@@ -126,4 +172,38 @@ def new_client(*, transport: httpx.BaseTransport | None = None, verify: ssl.SSLC
     return client
 
 
-__all__ = ["DeadlineBackend", "DeadlineStream", "new_client"]
+def direct_body(response: httpx.Response) -> Iterator[bytes] | None:
+    """The body of a streamed answer read from its connection itself, without
+    h11's three copies of every byte (into its buffer, out of it, into bytes);
+    None where that cannot be done: the head was not read under
+    :func:`heads_apart`, the connection is TLS, or the body is not plainly
+    ``Content-Length`` bytes. The connection is not reused afterwards (closing
+    the response closes it). A body cut short raises ``httpx.RemoteProtocolError``,
+    a failed read ``httpx.ReadError`` or ``httpx.ReadTimeout``, as httpx would."""
+    stream = response.extensions.get("network_stream")
+    headers = response.headers
+    length = headers.get("content-length", "")
+    if (not isinstance(stream, DeadlineStream) or not stream.exact_head or response.request.method != "GET"
+            or "transfer-encoding" in headers or headers.get("content-encoding", "identity") != "identity"
+            or not length.isdigit()):
+        return None
+    timeout = response.request.extensions.get("timeout", {}).get("read")
+    return _body_chunks(stream, int(length), timeout)
+
+
+def _body_chunks(stream: DeadlineStream, length: int, timeout: float | None) -> Iterator[bytes]:
+    left = length
+    while left > 0:
+        try:
+            data = stream.read_body(min(left, READ_SIZE), timeout)
+        except httpcore.ReadTimeout as exc:
+            raise httpx.ReadTimeout(str(exc)) from exc
+        except httpcore.NetworkError as exc:
+            raise httpx.ReadError(str(exc)) from exc
+        if not data:
+            raise httpx.RemoteProtocolError(f"peer closed connection with {left} of {length} body bytes unsent")
+        left -= len(data)
+        yield data
+
+
+__all__ = ["DeadlineBackend", "DeadlineStream", "direct_body", "heads_apart", "new_client"]

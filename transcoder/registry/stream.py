@@ -21,6 +21,7 @@ import httpx
 
 from ..deadline import Deadline, scope
 from ..errors import TransientError
+from ..httpclient import direct_body, heads_apart
 
 RESUMES = 3
 # A response must keep coming: DOWNLOAD_ALLOWANCE seconds plus one per
@@ -63,15 +64,16 @@ class BlobReader(io.BufferedIOBase):
         if last is not None and first > last:
             self._chunks = iter(())
             return
-        with scope(self._deadline):
+        with scope(self._deadline), heads_apart():
             response = self._opener(first, last)
         self._response = response
         if response.status_code == 416:
             self._chunks = iter(())
             return
-        # No chunk size: httpx would hold bytes back to fill one, and a reset
-        # would lose them; as they arrive, every byte received counts.
-        self._chunks = response.iter_raw()
+        # Read from the connection itself where it can be (plain HTTP), else
+        # through httpx; either way with no chunk size: httpx would hold bytes
+        # back to fill one, and a reset would lose them.
+        self._chunks = direct_body(response) or response.iter_raw()
         if response.status_code == 200 and first:
             self._skip(first)  # the server ignored Range: drop what precedes it
 
