@@ -29,21 +29,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_engine import Proc, installed_bytecode, run_proc, run_skopeo
+from benchmarks.bench_engine import CLI, Proc, installed_bytecode, run_proc, run_skopeo
 from benchmarks.capacity import floor_summary, stage_seconds
 from benchmarks.corpus import DEFAULT_WORKDIR, build_corpus, build_image, layer_info
+from benchmarks.installed import cli_for
 
 NAMES = ("bin", "py", "small")
 
 
+TIMED_CLI = [CLI]  # the console script timed: main() puts the installed copy's here
+
+
 def ours(layout: Path, dest: Path, mode: str) -> Proc:
     shutil.rmtree(dest, ignore_errors=True)
-    return run_proc([sys.executable, "-m", "transcoder", "convert", f"oci:{layout}:latest", "--to",
+    return run_proc([TIMED_CLI[0], "convert", f"oci:{layout}:latest", "--to",
                      f"type=local,dest={dest}", "--mode", mode, "--no-table", "--json"])
 
 
 def singles(layers: dict[str, Path], out: Path) -> list[Proc]:
-    return [run_proc([sys.executable, "-m", "transcoder", "convert", str(path), "-o", str(out / f"{name}.zst"),
+    return [run_proc([TIMED_CLI[0], "convert", str(path), "-o", str(out / f"{name}.zst"),
                       "--no-table", "--json"]) for name, path in layers.items()]
 
 
@@ -55,8 +59,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    ap.add_argument("--cli", choices=("installed", "here"), default="installed",
+                    help="time this checkout pip-installed in a venv of its own (default), or run in place")
     args = ap.parse_args()
     installed_bytecode()
+    TIMED_CLI[0] = cli_for(args.cli, args.workdir, CLI)
+    print(f"timing {TIMED_CLI[0]}", file=sys.stderr)
     layers = build_corpus(args.workdir, NAMES)
     layout = build_image(args.workdir, NAMES)
     rows: dict[str, list[Proc]] = {"ours (replace)": [], "ours (add)": [], "sum of single layers": [], "skopeo": []}

@@ -38,6 +38,10 @@ repository. Its CPU and the registry's are what any client, in any
 language, pays the wire; the floor with transfers is the stage work plus
 both, halved.
 
+The ``transcoder`` timed is this checkout pip-installed into a virtual
+environment of its own (benchmarks/installed.py), as a user runs it;
+``--cli here`` times the checkout in place instead.
+
 Run from the repository: ``python benchmarks/bench_registry.py [--reps 3]``.
 """
 
@@ -65,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_engine import CLI, installed_bytecode
 from benchmarks.capacity import floor_summary, stage_seconds
 from benchmarks.corpus import DEFAULT_WORKDIR, build_image, layer_info
+from benchmarks.installed import cli_for
 
 BLOB_INFO_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -148,10 +153,13 @@ def timed(name: str, argv: list[str], registry: Registry, env: dict[str, str] | 
     return Run(name, wall, cpu, registry.cpu() - reg_before, proc.stdout)
 
 
+TIMED_CLI = [CLI]  # the console script timed: main() puts the installed copy's here
+
+
 def ours(registry: Registry, src: str, dest: str, mode: str, home: Path) -> Run:
     env = dict(os.environ, TRANSCODER_HOME=str(home))
     spec = f"type=registry,ref={registry.host}/{dest}:v1,mode={mode}"
-    run = timed(f"ours {mode}", [CLI, "convert", f"docker://{registry.host}/{src}", "--to", spec, "--json"],
+    run = timed(f"ours {mode}", [TIMED_CLI[0], "convert", f"docker://{registry.host}/{src}", "--to", spec, "--json"],
                 registry, env)
     run.report = json.loads(run.report)
     return run
@@ -195,11 +203,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="corpus cache (default %(default)s)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--cli", choices=("installed", "here"), default="installed",
+                    help="time this checkout pip-installed in a venv of its own (default), or run in place")
     args = ap.parse_args()
-    for tool in ("docker-registry", "skopeo", "transcoder"):
+    for tool in ("docker-registry", "skopeo"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found on PATH")
     installed_bytecode()
+    TIMED_CLI[0] = cli_for(args.cli, args.workdir, CLI)
+    print(f"timing {TIMED_CLI[0]}", file=sys.stderr)
     names = ("bin", "py", "small")
     tars = [layer_info(args.workdir, n) for n in names]
     tar_bytes = sum(int(t["tar_size"]) for t in tars)
