@@ -138,7 +138,8 @@ def test_src_registry_token(registry: Any, tmp_path: Path, home: Path, capsys: p
         sink.put_image(ImageRecord("v1", sink.put_manifest(manifest, OCI_MANIFEST)))
         sink.close()
         token = front.issue("reader", [f"repository:{repo}:pull"])
-        code, _, err = run(capsys, "convert", f"docker://{front.host}/{repo}:v1", "--src-registry-token", token,
+        # "=": a random token may begin with "-", which argparse would take for an option
+        code, _, err = run(capsys, "convert", f"docker://{front.host}/{repo}:v1", f"--src-registry-token={token}",
                            "--to", f"type=local,dest={tmp_path / 'out'}", "--no-table")
         assert code == 0, err
         before = len(front.token_requests)
@@ -212,7 +213,7 @@ def test_dest_registry_token(registry: Any, tmp_path: Path, home: Path, capsys: 
         layout = write_layout(tmp_path / "layout", {"app": [TAR]})
         repo = repo_name()
         token = front.issue("writer", [f"repository:{repo}:pull,push"])
-        code, _, err = run(capsys, "convert", f"oci:{layout}:app", "--no-table", "--dest-registry-token", token,
+        code, _, err = run(capsys, "convert", f"oci:{layout}:app", "--no-table", f"--dest-registry-token={token}",
                            "--to", f"type=registry,ref={front.host}/{repo}:v1")
         assert code == 0, err
         code, _, err = run(capsys, "convert", f"oci:{layout}:app", "--no-table", "--dest-registry-token", "t0k-bad-4a",
