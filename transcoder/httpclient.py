@@ -64,6 +64,7 @@ class DeadlineStream(httpcore.NetworkStream):
         self._plain: socket.socket | None = (
             sock if isinstance(sock, socket.socket) and inner.get_extra_info("ssl_object") is None else None)
         self.exact_head = False  # the last read stopped at a head's end (or before it), under heads_apart
+        self._tail = b""  # the last bytes of a head handed over so far: its end may be split across reads
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         exact = self._plain is not None and getattr(_exact, "on", False)
@@ -92,18 +93,23 @@ class DeadlineStream(httpcore.NetworkStream):
         return data
 
     def _recv(self, max_bytes: int, timeout: float | None, exact: bool) -> bytes:
-        if exact and self._plain is not None:
-            # Everything before a head's end is head; take up to the end and no further.
-            try:
-                self._plain.settimeout(timeout)
-                seen = self._plain.recv(min(max_bytes, HEAD_PEEK), socket.MSG_PEEK)
-            except TimeoutError as exc:
-                raise httpcore.ReadTimeout(str(exc)) from exc
-            except OSError as exc:
-                raise httpcore.ReadError(str(exc)) from exc
-            end = seen.find(HEAD_END)
-            max_bytes = end + len(HEAD_END) if end >= 0 else max(1, len(seen))
-        return self._inner.read(max_bytes, timeout)
+        if not exact or self._plain is None:
+            self._tail = b""
+            return self._inner.read(max_bytes, timeout)
+        # Everything before a head's end is head: take up to the end and no further.
+        try:
+            self._plain.settimeout(timeout)
+            seen = self._plain.recv(min(max_bytes, HEAD_PEEK), socket.MSG_PEEK)
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc)) from exc
+        end = (self._tail + seen).find(HEAD_END)
+        take = end + len(HEAD_END) - len(self._tail) if end >= 0 else max(1, len(seen))
+        data = self._inner.read(take, timeout)
+        # A head's end never lies within the tail alone, so take >= 1.
+        self._tail = b"" if end >= 0 and len(data) == take else (self._tail + data)[-(len(HEAD_END) - 1):]
+        return data
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._inner.write(buffer, timeout)
