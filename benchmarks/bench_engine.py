@@ -179,11 +179,6 @@ def stage_costs(gz_path: Path, level: int, reps: int) -> dict[str, float]:
     return costs | {"zstd": min(costs["zstd_stream"], costs["zstd_frames"])}
 
 
-def hashing_cost(costs: dict[str, float]) -> float:
-    """CPU ns per tar byte of the three hashes as the product does them (``sha256_product``)."""
-    return costs["sha256_product"]
-
-
 def limit(costs: dict[str, float], tar: int, gz: int, zst: int) -> tuple[float, float]:
     """(ns per tar byte on one core, 2-core limit in MB/s of tar), the baseline's
     definition: three sha256 passes at hashlib's single-stream cost."""
@@ -194,7 +189,7 @@ def limit(costs: dict[str, float], tar: int, gz: int, zst: int) -> tuple[float, 
 def limit_paired(costs: dict[str, float]) -> float:
     """The 2-core limit in MB/s of tar with the hashing as the product does it
     (the tar in one pass with each other stream): stricter wherever the SHA extensions are used."""
-    return CORES * 1e3 / (costs["inflate"] + hashing_cost(costs) + costs["zstd"])
+    return CORES * 1e3 / (costs["inflate"] + costs["sha256_product"] + costs["zstd"])
 
 
 # -- 2. children: pipeline and peers -------------------------------------------
@@ -420,7 +415,7 @@ def print_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         sha = c["sha256"] * (r["tar"] + r["gz"] + r["zst"]) / r["tar"]
         print(f"| {r['layer']} | {r['tar'] / 1e6:.1f} | {r['gz'] / 1e6:.1f} | {r['zst'] / 1e6:.1f} | {c['inflate']:.3f} "
               f"| {sha:.3f} | {c['zstd_stream']:.3f} / {c['zstd_frames']:.3f} | {r['ns_per_byte']:.3f} "
-              f"| **{r['limit_mbs']:.1f}** | {hashing_cost(c):.3f}, "
+              f"| **{r['limit_mbs']:.1f}** | {c['sha256_product']:.3f}, "
               f"{limit_paired(c):.1f} | {c['zstd_mt1']:.3f} |")
     print("\nPipeline (transcode_stream to a file, C extension) and peers; MB/s of tar, best of "
           f"{meta['reps']}. Ratios are medians of the repetitions, each against the stage costs or peers measured in "

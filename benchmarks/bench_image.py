@@ -37,17 +37,14 @@ from benchmarks.installed import cli_for
 NAMES = ("bin", "py", "small")
 
 
-TIMED_CLI = [CLI]  # the console script timed: main() puts the installed copy's here
-
-
-def ours(layout: Path, dest: Path, mode: str) -> Proc:
+def ours(cli: str, layout: Path, dest: Path, mode: str) -> Proc:
     shutil.rmtree(dest, ignore_errors=True)
-    return run_proc([TIMED_CLI[0], "convert", f"oci:{layout}:latest", "--to",
+    return run_proc([cli, "convert", f"oci:{layout}:latest", "--to",
                      f"type=local,dest={dest}", "--mode", mode, "--no-table", "--json"])
 
 
-def singles(layers: dict[str, Path], out: Path) -> list[Proc]:
-    return [run_proc([TIMED_CLI[0], "convert", str(path), "-o", str(out / f"{name}.zst"),
+def singles(cli: str, layers: dict[str, Path], out: Path) -> list[Proc]:
+    return [run_proc([cli, "convert", str(path), "-o", str(out / f"{name}.zst"),
                       "--no-table", "--json"]) for name, path in layers.items()]
 
 
@@ -63,8 +60,8 @@ def main() -> None:
                     help="time this checkout pip-installed in a venv of its own (default), or run in place")
     args = ap.parse_args()
     installed_bytecode()
-    TIMED_CLI[0] = cli_for(args.cli, args.workdir, CLI)
-    print(f"timing {TIMED_CLI[0]}", file=sys.stderr)
+    cli = cli_for(args.cli, args.workdir, CLI)
+    print(f"timing {cli}", file=sys.stderr)
     layers = build_corpus(args.workdir, NAMES)
     layout = build_image(args.workdir, NAMES)
     rows: dict[str, list[Proc]] = {"ours (replace)": [], "ours (add)": [], "sum of single layers": [], "skopeo": []}
@@ -73,9 +70,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         for _ in range(args.reps):
-            rows["ours (replace)"].append(ours(layout, work / "replace", "replace"))
-            rows["ours (add)"].append(ours(layout, work / "add", "add"))
-            parts = singles(layers, work)
+            rows["ours (replace)"].append(ours(cli, layout, work / "replace", "replace"))
+            rows["ours (add)"].append(ours(cli, layout, work / "add", "add"))
+            parts = singles(cli, layers, work)
             rows["sum of single layers"].append(Proc(sum(p.wall for p in parts), sum(p.cpu for p in parts),
                                                      max(p.rss for p in parts), {}, max(p.others for p in parts)))
             rows["skopeo"].append(run_skopeo(layout, work / "skopeo", 3))

@@ -153,13 +153,10 @@ def timed(name: str, argv: list[str], registry: Registry, env: dict[str, str] | 
     return Run(name, wall, cpu, registry.cpu() - reg_before, proc.stdout)
 
 
-TIMED_CLI = [CLI]  # the console script timed: main() puts the installed copy's here
-
-
-def ours(registry: Registry, src: str, dest: str, mode: str, home: Path) -> Run:
+def ours(cli: str, registry: Registry, src: str, dest: str, mode: str, home: Path) -> Run:
     env = dict(os.environ, TRANSCODER_HOME=str(home))
     spec = f"type=registry,ref={registry.host}/{dest}:v1,mode={mode}"
-    run = timed(f"ours {mode}", [TIMED_CLI[0], "convert", f"docker://{registry.host}/{src}", "--to", spec, "--json"],
+    run = timed(f"ours {mode}", [cli, "convert", f"docker://{registry.host}/{src}", "--to", spec, "--json"],
                 registry, env)
     run.report = json.loads(run.report)
     return run
@@ -183,11 +180,11 @@ def check_ours(run: Run, tars: list[dict[str, Any]]) -> None:
     assert [o["diff_id"] for o in report["layers"]] == [t["diff_id"] for t in tars]
 
 
-def rerun(registry: Registry, src: str, dest: str, home: Path, label: str) -> dict[str, Any]:
+def rerun(cli: str, registry: Registry, src: str, dest: str, home: Path, label: str) -> dict[str, Any]:
     """An unchanged ``ours add``: every layer a hit, no image blob sent again (the
     only upload allowed is the new image record, a few hundred bytes)."""
     offset = registry.log_size()
-    run = ours(registry, src, dest, "add", home)
+    run = ours(cli, registry, src, dest, "add", home)
     time.sleep(0.2)  # the access log line follows the response
     counts, uploaded = registry.requests_since(offset)
     statuses = [o["status"] for o in run.report["layers"]]
@@ -210,8 +207,8 @@ def main() -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found on PATH")
     installed_bytecode()
-    TIMED_CLI[0] = cli_for(args.cli, args.workdir, CLI)
-    print(f"timing {TIMED_CLI[0]}", file=sys.stderr)
+    cli = cli_for(args.cli, args.workdir, CLI)
+    print(f"timing {cli}", file=sys.stderr)
     names = ("bin", "py", "small")
     tars = [layer_info(args.workdir, n) for n in names]
     tar_bytes = sum(int(t["tar_size"]) for t in tars)
@@ -224,10 +221,10 @@ def main() -> None:
         try:
             subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:latest",
                             f"docker://{registry.host}/corpus/src:gzip"], check=True)
-            results = measure(registry, work, args.reps, tars)
+            results = measure(cli, registry, work, args.reps, tars)
             results["unchanged"] = [
-                rerun(registry, "corpus/src:gzip", "bench/r0-ours-add", work / "home-other", "another machine"),
-                rerun(registry, "corpus/src:gzip", "bench/r0-ours-add", work / "home-r0-ours-add", "same machine"),
+                rerun(cli, registry, "corpus/src:gzip", "bench/r0-ours-add", work / "home-other", "another machine"),
+                rerun(cli, registry, "corpus/src:gzip", "bench/r0-ours-add", work / "home-r0-ours-add", "same machine"),
             ]
         finally:
             registry.stop()
@@ -293,7 +290,7 @@ def wire_cost(registry: Registry, src: str, layers: list[str], outputs: list[str
     return after.ru_utime - cpu.ru_utime + after.ru_stime - cpu.ru_stime, registry.cpu() - reg
 
 
-def measure(registry: Registry, work: Path, reps: int, tars: list[dict[str, Any]]) -> dict[str, Any]:
+def measure(cli: str, registry: Registry, work: Path, reps: int, tars: list[dict[str, Any]]) -> dict[str, Any]:
     runs: dict[str, list[Run]] = {"ours replace": [], "ours add": [], "skopeo": []}
     order = list(runs)
     stage: list[float] = []  # per repetition: the layers' stage work on one thread
@@ -307,7 +304,7 @@ def measure(registry: Registry, work: Path, reps: int, tars: list[dict[str, Any]
             if name == "skopeo":
                 run = skopeo(registry, "corpus/src:gzip", dest)
             else:
-                run = ours(registry, "corpus/src:gzip", dest, name.split()[1], work / f"home-r{rep}-{slug}")
+                run = ours(cli, registry, "corpus/src:gzip", dest, name.split()[1], work / f"home-r{rep}-{slug}")
                 check_ours(run, tars)
             runs[name].append(run)
         outputs = [o["target"]["digest"] for o in runs["ours replace"][-1].report["layers"]]

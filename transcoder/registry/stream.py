@@ -122,17 +122,14 @@ class BlobReader(io.BufferedIOBase):
         return piece
 
     def read1(self, size: int = -1) -> bytes:
-        n = self._fill(size)
-        if n == len(self._chunk) and len(self._pending) == n:
-            self._take(n)
-            return self._chunk  # the whole chunk as received: no copy
-        return bytes(self._take(n))
+        piece = self.read_view(size)
+        return piece if isinstance(piece, bytes) else bytes(piece)  # the whole chunk as received: no copy
 
     def read_view(self, size: int = -1) -> bytes | memoryview:
-        """``read1`` without its copy: up to ``size`` bytes of one received
-        chunk, as a view of it when they are only part of it. Chunks are
-        immutable, so the view may be kept (the transcoder keeps the source's
-        pieces until its consumer hashes them)."""
+        """Up to ``size`` bytes of one received chunk: the chunk itself when
+        they are all of it, else a view of it (``read1`` copies that view).
+        Chunks are immutable, so the view may be kept (the transcoder keeps
+        the source's pieces until its consumer hashes them)."""
         n = self._fill(size)
         if n == len(self._chunk) and len(self._pending) == n:
             self._take(n)
