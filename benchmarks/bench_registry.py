@@ -38,6 +38,11 @@ repository. Its CPU and the registry's are what any client, in any
 language, pays the wire; the floor with transfers is the stage work plus
 both, halved.
 
+From the registry's log, each run's start-up (the process began, its first
+request had not) and shutdown (its last answer was sent, the process had not
+ended); the floor with transfers plus ours is what a run that starts and ends
+as ours does, with both cores busy in between, would take.
+
 The ``transcoder`` timed is this checkout pip-installed into a virtual
 environment of its own (benchmarks/installed.py), as a user runs it;
 ``--cli here`` times the checkout in place instead.
@@ -61,6 +66,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +81,9 @@ BLOB_INFO_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 TARGET = 2.0  # skopeo wall / ours
 _ACCESS = re.compile(r'"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/[0-9.]+" (\d+) \d+ "[^"]*" "([^"]*)"')
+# distribution's own line per request: when the answer was done, and how long it took
+_COMPLETED = re.compile(r'^time="([^"]+)"[^\n]* msg="response completed[^"]*"[^\n]* http\.response\.duration="?([^"\s]+)', re.M)
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass
@@ -83,6 +92,8 @@ class Run:
     wall: float
     cpu: float
     registry_cpu: float
+    lead: float  # from the start of the process to the start of its first request
+    trail: float  # from the end of its last answer to the end of the process
     report: Any = None
 
 
@@ -121,12 +132,15 @@ class Registry:
     def log_size(self) -> int:
         return self.log.stat().st_size
 
+    def log_since(self, offset: int) -> str:
+        with self.log.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
     def requests_since(self, offset: int) -> tuple[Counter[str], list[str]]:
         """Requests in the access log after ``offset`` by method and endpoint, and
         the digests of the blobs uploaded."""
-        with self.log.open("rb") as f:
-            f.seek(offset)
-            text = f.read().decode(errors="replace")
+        text = self.log_since(offset)
         counts: Counter[str] = Counter()
         uploaded = []
         for method, path, _status, _agent in _ACCESS.findall(text):
@@ -136,21 +150,42 @@ class Registry:
                 uploaded += re.findall(r"digest=sha256(?::|%3A)([0-9a-f]{64})", path)
         return counts, uploaded
 
+    def served_since(self, offset: int) -> tuple[float, float]:
+        """When the first request after ``offset`` in the log began and the last
+        answer was done, in seconds since the epoch (the registry's clock is
+        this machine's)."""
+        spans = [(done - go_seconds(took), done) for done, took in
+                 ((datetime.fromisoformat(stamp).timestamp(), took)
+                  for stamp, took in _COMPLETED.findall(self.log_since(offset)))]
+        if not spans:
+            raise SystemExit(f"no request in the registry's log after offset {offset}: {self.log}")
+        return min(s for s, _ in spans), max(e for _, e in spans)
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
 
 
+def go_seconds(text: str) -> float:
+    """A Go duration as distribution logs it (``2.26ms``, ``850.1\u00b5s``, ``1m2.5s``) in seconds."""
+    return sum(float(n) * _GO_UNITS[unit] for n, unit in re.findall(r"([0-9.]+)([^0-9.]+)", text))
+
+
 def timed(name: str, argv: list[str], registry: Registry, env: dict[str, str] | None = None) -> Run:
-    before, reg_before = resource.getrusage(resource.RUSAGE_CHILDREN), registry.cpu()
-    started = time.perf_counter()
+    """Run ``argv`` to its end: wall, CPU, the registry's CPU, and how long the
+    process ran before its first request and after its last answer (from the
+    registry's log: what start-up and shutdown cost, when the registry idles)."""
+    before, reg_before, offset = resource.getrusage(resource.RUSAGE_CHILDREN), registry.cpu(), registry.log_size()
+    began, started = time.time(), time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=3600)
-    wall = time.perf_counter() - started
+    wall, ended = time.perf_counter() - started, time.time()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Run(name, wall, cpu, registry.cpu() - reg_before, proc.stdout)
+    time.sleep(0.1)  # the log line follows the answer
+    first, last = registry.served_since(offset)
+    return Run(name, wall, cpu, registry.cpu() - reg_before, first - began, ended - last, proc.stdout)
 
 
 def ours(cli: str, registry: Registry, src: str, dest: str, mode: str, home: Path) -> Run:
@@ -184,8 +219,7 @@ def rerun(cli: str, registry: Registry, src: str, dest: str, home: Path, label: 
     """An unchanged ``ours add``: every layer a hit, no image blob sent again (the
     only upload allowed is the new image record, a few hundred bytes)."""
     offset = registry.log_size()
-    run = ours(cli, registry, src, dest, "add", home)
-    time.sleep(0.2)  # the access log line follows the response
+    run = ours(cli, registry, src, dest, "add", home)  # waits for the registry's log
     counts, uploaded = registry.requests_since(offset)
     statuses = [o["status"] for o in run.report["layers"]]
     image_blobs = {o[k]["digest"].split(":")[1] for o in run.report["layers"] for k in ("source", "target")}
@@ -333,6 +367,7 @@ def report(results: dict[str, Any], tar_bytes: int, out: Path | None) -> None:
           f"now {os.getloadavg()[0]:.2f})")
     print_floor(results["stage"], runs)
     print_wire_floor(results["stage"], results["wire"], runs)
+    print_edges(results["stage"], results["wire"], runs)
     print("\n| unchanged rerun (ours add) | wall s | layers | requests | by kind | blobs uploaded |")
     print("|---|---|---|---|---|---|")
     for u in results["unchanged"]:
@@ -340,7 +375,8 @@ def report(results: dict[str, Any], tar_bytes: int, out: Path | None) -> None:
         print(f"| {u['label']} | {u['wall']:.2f} | {', '.join(u['statuses'])} | {u['requests']} | {kinds} | "
               f"{u['uploads']} (image record only; no layer) |")
     if out:
-        data = {"runs": {k: [{"wall": r.wall, "cpu": r.cpu, "registry_cpu": r.registry_cpu} for r in v]
+        data = {"runs": {k: [{"wall": r.wall, "cpu": r.cpu, "registry_cpu": r.registry_cpu, "lead": r.lead,
+                              "trail": r.trail} for r in v]
                          for k, v in runs.items()},
                 "stage_seconds": results["stage"], "wire_cpu": results["wire"],
                 "ratio_replace": ratio, "unchanged": results["unchanged"],
@@ -365,6 +401,26 @@ def print_wire_floor(stage: list[float], wire: list[tuple[float, float]], runs: 
           f"{client:.2f} CPU-s, registry {served:.2f} CPU-s; floor with transfers (stage work plus both, halved): "
           f"{statistics.median(floors):.2f} s; " + floor_summary(floors, [k.wall for k in runs["skopeo"]],
                                                                [o.wall for o in runs["ours replace"]]))
+
+
+
+def print_edges(stage: list[float], wire: list[tuple[float, float]], runs: dict[str, list[Run]]) -> None:
+    """Each run's start-up and shutdown as the registry sees them, and the floor
+    with transfers plus ours: what a run that starts and ends as ours does and
+    keeps both cores busy in between would take."""
+    print("\n| run | before its first request, s (median; range) | after its last answer, s |")
+    print("|---|---|---|")
+    for name, rs in runs.items():
+        leads, trails = sorted(r.lead for r in rs), sorted(r.trail for r in rs)
+        print(f"| {name} | {statistics.median(leads):.3f} ({leads[0]:.3f}-{leads[-1]:.3f}) | "
+              f"{statistics.median(trails):.3f} ({trails[0]:.3f}-{trails[-1]:.3f}) |")
+    edged = [(w + c + r) / 2 + o.lead + o.trail for w, (c, r), o in zip(stage, wire, runs["ours replace"], strict=True)]
+    best = sorted(k.wall / e for k, e in zip(runs["skopeo"], edged, strict=True))
+    reached = sorted(e / o.wall for e, o in zip(edged, runs["ours replace"], strict=True))
+    print(f"floor with transfers plus ours' own start-up and shutdown: {statistics.median(edged):.2f} s; skopeo / "
+          f"that, the best ratio a run starting and ending as ours does could show: median "
+          f"{statistics.median(best):.2f}x, range {best[0]:.2f}-{best[-1]:.2f}x; that / ours (replace): median "
+          f"{statistics.median(reached):.2f}, range {reached[0]:.2f}-{reached[-1]:.2f}")
 
 
 if __name__ == "__main__":
