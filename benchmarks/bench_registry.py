@@ -396,12 +396,15 @@ def print_wire_floor(stage: list[float], wire: list[tuple[float, float]], runs: 
     """The floor with the transfers: stage work plus what moving the bytes alone costs both sides, halved."""
     client = statistics.median(c for c, _ in wire)
     served = statistics.median(r for _, r in wire)
-    floors = [(w + c + r) / 2 for w, (c, r) in zip(stage, wire, strict=True)]
+    floors = wire_floors(stage, wire)
     print(f"moving the bytes alone (raw sockets: the gzip layers pulled, the zstd layers pushed): client "
           f"{client:.2f} CPU-s, registry {served:.2f} CPU-s; floor with transfers (stage work plus both, halved): "
           f"{statistics.median(floors):.2f} s; " + floor_summary(floors, [k.wall for k in runs["skopeo"]],
                                                                [o.wall for o in runs["ours replace"]]))
 
+def wire_floors(stage: list[float], wire: list[tuple[float, float]]) -> list[float]:
+    """Per repetition, the floor with transfers: stage work plus both sides' CPU of moving the bytes, halved."""
+    return [(w + c + r) / 2 for w, (c, r) in zip(stage, wire, strict=True)]
 
 
 def print_edges(stage: list[float], wire: list[tuple[float, float]], runs: dict[str, list[Run]]) -> None:
@@ -414,7 +417,7 @@ def print_edges(stage: list[float], wire: list[tuple[float, float]], runs: dict[
         leads, trails = sorted(r.lead for r in rs), sorted(r.trail for r in rs)
         print(f"| {name} | {statistics.median(leads):.3f} ({leads[0]:.3f}-{leads[-1]:.3f}) | "
               f"{statistics.median(trails):.3f} ({trails[0]:.3f}-{trails[-1]:.3f}) |")
-    edged = [(w + c + r) / 2 + o.lead + o.trail for w, (c, r), o in zip(stage, wire, runs["ours replace"], strict=True)]
+    edged = [f + o.lead + o.trail for f, o in zip(wire_floors(stage, wire), runs["ours replace"], strict=True)]
     best = sorted(k.wall / e for k, e in zip(runs["skopeo"], edged, strict=True))
     reached = sorted(e / o.wall for e, o in zip(edged, runs["ours replace"], strict=True))
     print(f"floor with transfers plus ours' own start-up and shutdown: {statistics.median(edged):.2f} s; skopeo / "
