@@ -218,6 +218,10 @@ def test_gc_removes_garbage_and_evicts_lru(layout: Path, tmp_path: Path) -> None
     assert r["evicted_images"] == ["app"] and [e["annotations"][ANNOTATION_REF_NAME] for e in index(store)] == ["multi"]
     assert r["removed_records"] >= 2
     assert check_store(store, deep=True).ok
+    # A store that does not exist is an error, and gc does not create it.
+    for target in (str(tmp_path / "none"), f"type=local,dest={tmp_path / 'none'}"):
+        r2 = cli("gc", target)
+        assert r2.returncode != 0 and "not an OCI layout" in r2.stderr and not (tmp_path / "none").exists(), r2.stderr
 
 
 def test_restore_from_local_sink(layout: Path, tmp_path: Path) -> None:

@@ -151,6 +151,17 @@ def test_missing_layout_and_unknown_ref(tmp_path: Path) -> None:
     layout = write_layout(tmp_path / "src", {"app": TARS[:1]})
     r = cli("convert", f"oci:{layout}:nope", "--to", f"type=local,dest={tmp_path / 's'}")
     assert r.returncode != 0 and "no image named 'nope'" in r.stderr
+    # The store did not exist and nothing was written to it: it is not created.
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_store_that_cannot_be_created_fails_before_the_source_is_read(tmp_path: Path) -> None:
+    layout = write_layout(tmp_path / "src", {"app": TARS[:1]})
+    (tmp_path / "file").write_bytes(b"x")
+    r = cli("convert", f"oci:{layout}:app", "--to", f"type=local,dest={tmp_path / 'file' / 'store'}")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"type=local,dest={tmp_path / 'file' / 'store'}: {tmp_path / 'file'} is not a directory" in r.stderr
+    assert (tmp_path / "file").read_bytes() == b"x"
 
 
 def test_bad_sink_spec() -> None:

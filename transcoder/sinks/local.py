@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,14 +45,31 @@ class _IngestWriter(FileWriter):
 
 class LocalSink(BlobManifests):
     def __init__(self, dest: str | os.PathLike[str]) -> None:
+        """Checks DEST now; a store that does not exist yet is created by the
+        first write, so a command that fails before writing leaves no trace."""
         self.layout = Layout(dest)
         self.state = self.layout.root / ".transcoder"
-        try:
-            self.layout.init()
-            for sub in ("ingest", "variants", "images"):
-                (self.state / sub).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"type=local,dest={dest}: {exc.strerror or exc}") from exc
+        self._ready = False
+        self._creating = threading.Lock()  # layers' threads may all write first at once
+        if self.layout.root.exists():
+            self._ensure()
+        else:
+            _check_creatable(self.layout.root)
+
+    def _ensure(self) -> None:
+        """Make DEST an OCI layout with our state beside it (idempotent)."""
+        if self._ready:
+            return
+        with self._creating:
+            if self._ready:
+                return
+            try:
+                self.layout.init()
+                for sub in ("ingest", "variants", "images"):
+                    (self.state / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"type=local,dest={self.layout.root}: {exc.strerror or exc}") from exc
+            self._ready = True
 
     @classmethod
     def from_options(cls, opts: dict[str, str]) -> LocalSink:
@@ -75,6 +93,7 @@ class LocalSink(BlobManifests):
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive lock over index.json and image metadata, across processes."""
+        self._ensure()
         with open(self.state / "lock", "a+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -99,6 +118,7 @@ class LocalSink(BlobManifests):
         return f
 
     def blob_writer(self, media_type: str, *, key_hint: str | None = None, size_hint: int | None = None) -> FileWriter:
+        self._ensure()
         return _IngestWriter(self)
 
     # -- records ------------------------------------------------------------
@@ -110,6 +130,7 @@ class LocalSink(BlobManifests):
         path = self._variant_path(rec.source.digest, rec.params.key)
         if path.exists():
             return  # immutable: same source and parameters give the same variant
+        self._ensure()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.layout._atomic_write(path, rec.to_bytes())
 
@@ -142,7 +163,9 @@ class LocalSink(BlobManifests):
             self.layout.write_index(entries, base)
 
     def images(self) -> dict[str, ImageRecord]:
-        out = {}
+        out: dict[str, ImageRecord] = {}
+        if not self._ready and not (self.layout.root / "index.json").exists():
+            return out  # not created yet (by us or by another converter): no images
         for entry in self.layout.index_entries():
             name = entry.annotations.get(ANNOTATION_REF_NAME)
             if name:
@@ -171,3 +194,13 @@ class LocalSink(BlobManifests):
         return rec
 
 
+def _check_creatable(root: Path) -> None:
+    """Fail now, not after a transcode, when DEST could never be created:
+    its nearest existing ancestor must be a directory we may write into."""
+    parent = root.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StoreError(f"type=local,dest={root}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"type=local,dest={root}: {parent} is not writable")
