@@ -534,7 +534,7 @@ def machine() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="corpus cache (default %(default)s)")
     ap.add_argument("--layers", default="bin,py,small", help="comma-separated corpus layers (default %(default)s)")
     ap.add_argument("--reps", type=int, default=5, help="repetitions per measurement; the best counts (default %(default)s)")

@@ -202,7 +202,7 @@ def report(info: dict[str, Any], runs: dict[str, list[dict[str, float]]], second
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="corpus cache (default %(default)s)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--level", type=int, default=3)

@@ -230,7 +230,7 @@ def rerun(cli: str, registry: Registry, src: str, dest: str, home: Path, label: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="corpus cache (default %(default)s)")
     ap.add_argument("--json", type=Path, help="also write the results here")

@@ -143,7 +143,7 @@ def floor_summary(floors: list[float], peer: list[float], ours: list[float]) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("layer", type=Path, help="a gzip layer blob (benchmarks/corpus.py builds some)")
     ap.add_argument("--level", type=int, default=3, help="zstd level (default %(default)s)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions (default %(default)s)")

@@ -204,7 +204,7 @@ def build_image(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="cache directory (default %(default)s)")
     ap.add_argument("--image", action="store_true", help="also build the 3-layer OCI image layout")
     args = ap.parse_args()
