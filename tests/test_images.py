@@ -199,6 +199,24 @@ def test_two_processes_into_one_store(tmp_path: Path) -> None:
     assert not list((store / ".transcoder" / "ingest").iterdir())
 
 
+def test_creating_a_store_never_replaces_what_another_process_wrote(tmp_path: Path) -> None:
+    """A converter creates the store at its first write, around an
+    index.json another converter wrote after this one opened the store."""
+    from transcoder.sinks.local import LocalSink
+
+    store = tmp_path / "store"
+    late = LocalSink(store)  # store absent: nothing is created yet
+    assert not store.exists() and late.images() == {}
+    store.mkdir()
+    entry = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "a" * 64, "size": 1}
+    (store / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+    before = (store / "index.json").read_bytes()
+    late.blob_writer(OCI_MANIFEST).abort()  # the first write creates the layout around it
+    assert (store / "index.json").read_bytes() == before
+    assert json.loads((store / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    assert sorted(p.name for p in store.iterdir()) == [".transcoder", "blobs", "index.json", "oci-layout"]
+
+
 def test_gc_removes_garbage_and_evicts_lru(layout: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     convert(layout, "app", store)

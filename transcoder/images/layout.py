@@ -7,8 +7,10 @@ read or write outside its directory.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -83,12 +85,34 @@ class Layout:
         self._atomic_write(self.root / "index.json", canonical_json(obj))
 
     def init(self) -> None:
+        """Make the directory a layout; what another process already wrote stays."""
         (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-        marker = self.root / "oci-layout"
-        if not marker.exists():
-            self._atomic_write(marker, json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode())
-        if not (self.root / "index.json").exists():
-            self.write_index([])
+        self._create_once(self.root / "oci-layout", json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode())
+        self._create_once(self.root / "index.json",
+                          canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}))
+
+    def _create_once(self, path: Path, data: bytes) -> None:
+        """Write ``path`` whole unless it exists: a link fails if the name is taken, so a
+        converter creating the store can never replace the index another one just wrote."""
+        if path.exists():
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                if not path.exists():  # no hard links here: the small window of a check
+                    os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
