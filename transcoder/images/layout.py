@@ -80,16 +80,13 @@ class Layout:
 
     def write_index(self, entries: list[Descriptor], base: dict[str, Any] | None = None) -> None:
         """Replace index.json atomically (caller holds the layout lock)."""
-        obj = dict(base or {})
-        obj.update(schemaVersion=2, mediaType=OCI_INDEX, manifests=[d.to_json() for d in entries])
-        self._atomic_write(self.root / "index.json", canonical_json(obj))
+        self._atomic_write(self.root / "index.json", _index_bytes(entries, base))
 
     def init(self) -> None:
         """Make the directory a layout; what another process already wrote stays."""
         (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         self._create_once(self.root / "oci-layout", json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode())
-        self._create_once(self.root / "index.json",
-                          canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}))
+        self._create_once(self.root / "index.json", _index_bytes([]))
 
     def _create_once(self, path: Path, data: bytes) -> None:
         """Write ``path`` whole unless it exists: a link fails if the name is taken, so a
@@ -123,6 +120,12 @@ class Layout:
         if path.name == "index.json":
             crashpoint("index-write")
         os.replace(tmp, path)
+
+
+def _index_bytes(entries: list[Descriptor], base: dict[str, Any] | None = None) -> bytes:
+    obj = dict(base or {})
+    obj.update(schemaVersion=2, mediaType=OCI_INDEX, manifests=[d.to_json() for d in entries])
+    return canonical_json(obj)
 
 
 class LayoutSource:
