@@ -11,6 +11,14 @@ is that up to ``TRIM`` bytes of freed memory stay mapped to the process.
 Applied once, on the first transcode, and only where the C library is glibc;
 ``TRANSCODER_MALLOC_TUNING=0`` leaves the allocator alone (for embedders that
 tune it themselves).
+
+The command line also asks for a single arena (:func:`one_arena`). By
+default glibc gives each thread that allocates its own arena, up to 8 per
+core, and each arena keeps its own high-water mark of freed frames. An image
+converted with two layers at once then peaked at 212 MB instead of 164 MB,
+with 50,000 page faults instead of 38,000, for the same wall time. The
+library leaves this alone: in a host process, one arena would be shared by
+every thread of the host too.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import threading
 ENV = "TRANSCODER_MALLOC_TUNING"
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MMAP_THRESHOLD = 32 << 20  # glibc's own upper bound for the dynamic threshold
 TRIM = 128 << 20
 
@@ -42,6 +51,15 @@ def tune() -> bool:
         if mallopt is None:
             return False
         return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM))
+
+
+def one_arena() -> bool:
+    """Have threads that allocate from now on share glibc's existing arenas
+    instead of creating their own; True if set. For a process of our own only."""
+    if os.environ.get(ENV, "1") == "0":
+        return False
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, 1))
 
 
 def _mallopt() -> ctypes._NamedFuncPointer | None:

@@ -26,6 +26,9 @@ COMMANDS = ["convert", "restore", "variants", "gc", "check", "bench", "emulator"
 # conversion pays its start-up on one core while the other waits. Marked
 # absent for this process only; the library leaves them alone.
 UNUSED_IMPORTS = ("trio", "httpx._main")
+# Commands whose threads share glibc's arenas (transcoder.allocator.one_arena):
+# several layers at once otherwise keep one arena's worth of freed frames each.
+ONE_ARENA_COMMANDS = frozenset({"convert", "bench"})
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -72,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    if args.command in ONE_ARENA_COMMANDS:
+        from ..allocator import one_arena
+
+        one_arena()  # before the command starts a thread: this process is ours
     try:
         return int(args.func(args) or 0)
     except TranscoderError as exc:
