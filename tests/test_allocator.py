@@ -39,8 +39,11 @@ os.unlink(path)
 
 
 def arenas(how: str, tmp_path: Path, env: dict[str, str] | None = None) -> int:
-    layout = write_layout(tmp_path / "src", {"app": [make_tar(60 + i, size=3_000_000, files=20) for i in range(3)]})
-    dest = tmp_path / f"store-{how}-{len(os.listdir(tmp_path))}"
+    """Arenas after a three-layer image conversion into a new store, ``how`` = cli or lib."""
+    layout = tmp_path / "src"
+    if not layout.exists():
+        write_layout(layout, {"app": [make_tar(60 + i, size=3_000_000, files=20) for i in range(3)]})
+    dest = tmp_path / f"store-{how}-{(env or {}).get('TRANSCODER_MALLOC_TUNING', 'on')}"
     r = subprocess.run([sys.executable, "-c", CHILD, how, f"oci:{layout}:app", str(dest)], capture_output=True,
                        text=True, timeout=300, env={**os.environ, **(env or {})})
     assert r.returncode == 0, r.stderr

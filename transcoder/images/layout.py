@@ -95,10 +95,7 @@ class Layout:
             return
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_synced(tmp, data)
             try:
                 os.link(tmp, path)
             except FileExistsError:
@@ -113,13 +110,18 @@ class Layout:
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, data)
         if path.name == "index.json":
             crashpoint("index-write")
         os.replace(tmp, path)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """``data`` as the whole of a new file ``path``, on disk before it is renamed or linked into place."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _index_bytes(entries: list[Descriptor], base: dict[str, Any] | None = None) -> bytes:
