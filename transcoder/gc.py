@@ -23,7 +23,8 @@ from typing import Any
 
 from .descriptor import ANNOTATION_REF_NAME, Descriptor
 from .digest import Digest, is_digest
-from .errors import NotFound, TranscoderError
+from .errors import TranscoderError
+from .images.layout import Layout
 from .images.model import Index, parse
 from .records import VariantRecord
 from .sinks.local import LocalSink
@@ -89,8 +90,7 @@ def _evict(store: LocalSink, entries: list[Descriptor], sizes: dict[Digest, tupl
 
 def gc(dest: str | os.PathLike[str], *, dry_run: bool = False, max_size: int | None = None,
        grace: float = DEFAULT_GRACE) -> GcReport:
-    if not (Path(dest) / "index.json").is_file():  # never make a store just to collect nothing
-        raise NotFound(f"{dest}: not an OCI layout (no index.json)")
+    Layout(dest).require()  # never make a store just to collect nothing
     store = LocalSink(dest)
     report = GcReport(dry_run=dry_run)
     now = time.time()

@@ -58,12 +58,20 @@ class Layout:
         with self.open_blob(desc.digest) as f:
             return read_checked(f, desc, what, limit)
 
+    def _not_a_layout(self) -> NotFound:
+        return NotFound(f"{self.root}: not an OCI layout (no index.json)")
+
+    def require(self) -> None:
+        """Raise :class:`NotFound` unless the directory is a layout already."""
+        if not (self.root / "index.json").is_file():
+            raise self._not_a_layout()
+
     def read_index(self) -> dict[str, Any]:
         path = self.root / "index.json"
         try:
             raw = path.read_bytes() if not path.is_symlink() else b""
         except FileNotFoundError as exc:
-            raise NotFound(f"{self.root}: not an OCI layout (no index.json)") from exc
+            raise self._not_a_layout() from exc
         if len(raw) > MAX_MANIFEST_BYTES:
             raise ManifestError(f"{self.root}/index.json: over the {MAX_MANIFEST_BYTES} byte limit")
         try:
