@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from tests.registry_support import repo_name
 from transcoder.codecs import ZstdParams
 from transcoder.descriptor import ANNOTATION_ZSTD, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST, Descriptor
 from transcoder.digest import Digest
-from transcoder.errors import AuthError, DigestMismatch, NotFound, SinkError, SizeMismatch
+from transcoder.errors import AuthError, DigestMismatch, NotFound, SinkError, SizeMismatch, TransientError
 from transcoder.images.convert import ConvertOptions, convert_image
 from transcoder.images.source import open_source
 from transcoder.records import ImageRecord, VariantRecord
@@ -314,14 +315,23 @@ def test_records_take_no_head_and_no_read_back(sink: RegistrySink) -> None:
     other.close()
 
 
+def _settled(sink: RegistrySink, before: int, count: int) -> None:
+    """Wait (10 s at most) until ``count`` requests have been made since ``before``."""
+    deadline = time.monotonic() + 10
+    while sink.client.requests - before < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert sink.client.requests - before == count
+
+
 def test_a_staged_variant_record_is_invisible_until_put(sink: RegistrySink) -> None:
-    """stage_variant pushes the record's blob while other layers still run and
-    tags nothing; put_variant is then one request, the tag that publishes it."""
+    """stage_variant pushes the record's blob on a thread of its own, so a
+    layer's end does not wait for it, and tags nothing; put_variant is then
+    one request, the tag that publishes it."""
     source = Descriptor(OCI_LAYER_GZIP, Digest.of(b"gzip source 4"), 13)
     rec = _variant(sink, source, 3, b"zstd bytes 4")
     before = sink.client.requests
     sink.stage_variant(rec)
-    assert sink.client.requests - before == 2  # POST, PUT
+    _settled(sink, before, 2)  # POST, PUT
     other = RegistrySink(sink.host, sink.repository)
     assert other.find_variants(source.digest) == []
     before = sink.client.requests
@@ -329,6 +339,48 @@ def test_a_staged_variant_record_is_invisible_until_put(sink: RegistrySink) -> N
     assert sink.client.requests - before == 1
     assert RegistrySink(sink.host, sink.repository).find_variants(source.digest) == [rec]
     other.close()
+
+
+def test_an_image_record_is_staged_before_its_root_is_pushed(sink: RegistrySink) -> None:
+    """The record's blob may go up before the root manifest (nothing points
+    to it yet); put_image then takes it and pushes no blob."""
+    config = put_bytes(sink, b'{"seed": 5}', OCI_CONFIG)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.to_json(),
+                           "layers": []}).encode()
+    rec = ImageRecord("staged", Descriptor(OCI_MANIFEST, Digest.of(manifest), len(manifest)))
+    before = sink.client.requests
+    sink.stage_image(rec)
+    _settled(sink, before, 2)  # POST, PUT
+    assert "staged" not in sink.images()
+    assert sink.client.head_manifest(sink.repository, rec.root.digest) is None
+    sink.put_manifest(manifest, OCI_MANIFEST)
+    before = sink.client.requests
+    sink.put_image(rec)
+    assert sink.client.requests - before == 4  # the record's tag, list, the image's tag, list
+    other = RegistrySink(sink.host, sink.repository)
+    assert other.images()["staged"].root == rec.root
+    other.close()
+
+
+def test_a_failed_staging_is_pushed_again_by_the_put(sink: RegistrySink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A staged push that failed costs nothing but the retry: put_variant
+    pushes the blob itself, and the record is published whole."""
+    source = Descriptor(OCI_LAYER_GZIP, Digest.of(b"gzip source 6"), 13)
+    rec = _variant(sink, source, 3, b"zstd bytes 6")
+    real = sink.records._push_record_blob
+    calls: list[str] = []
+
+    def flaky(body: bytes, media_type: str) -> Descriptor:
+        calls.append(media_type)
+        if len(calls) == 1:
+            raise TransientError("injected: the staged push broke off")
+        return real(body, media_type)
+
+    monkeypatch.setattr(sink.records, "_push_record_blob", flaky)
+    sink.stage_variant(rec)
+    sink.put_variant(rec)
+    assert len(calls) == 2
+    assert RegistrySink(sink.host, sink.repository).find_variants(source.digest) == [rec]
 
 
 # -- variant records ----------------------------------------------------------------------

@@ -34,10 +34,10 @@ from ..descriptor import (
     read_checked,
 )
 from ..digest import Digest
-from ..errors import ManifestError, UsageError
+from ..errors import ManifestError, SinkError, UsageError
 from ..parallel import Parallel, each
 from ..records import ImageRecord
-from ..sinks.base import Sink, put_bytes
+from ..sinks.base import RecordStager, Sink, put_bytes
 from ..transcode import default_workers
 from ..variants import VariantTable
 from .layers import LayerJob, LayerOutcome, ProgressFactory
@@ -182,28 +182,34 @@ def _join_quietly(writes: Parallel[Any, Any]) -> None:
 
 
 def _write_outputs(job: LayerJob, p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str, name: str) -> Descriptor:
-    """Every new variant's record into the sink, several at once, while this
-    thread writes the manifests and then the image record; then the variants
-    into the local table. Returns the root descriptor.
+    """Every new variant's record into the sink and then the local table,
+    several at once, while this thread writes the manifests and then the image
+    record. Returns the root descriptor.
 
     Each write names only what is already stored (a variant record its blob,
     the image record the root manifest), so none waits for another kind: on a
     remote sink each is a few round trips, and one kind after the other they
     were the last tenth of a second of a registry conversion, with both cores
-    idle. Once every write has ended, a variant record's failure is raised
-    first (the first in plan order), then a manifest's or the image record's;
-    a failed manifest leaves no image record."""
+    idle. For the same reason the image record's blob starts on its way (where
+    the sink stages records) as soon as the root's digest is known, before the
+    manifests go. Once every write has ended, a variant record's failure is
+    raised first (the first in plan order), then a manifest's or the image
+    record's; a failed manifest leaves no image record."""
     records = [o.record for o in outcomes.values() if o.record is not None]
-    writes = Parallel(job.put_record, records, RECORD_WRITERS, "record")
+    writes = Parallel(job.record, records, RECORD_WRITERS, "record")
     try:
-        root = _write_manifests(job.source, job.sink, p, outcomes, mode)
-        job.sink.put_image(ImageRecord(name, root))
+        pushes, root = _manifests(p, outcomes, mode)
+        image = ImageRecord(name, root)
+        if isinstance(job.sink, RecordStager):
+            with contextlib.suppress(SinkError):  # best effort: put_image pushes it again and reports
+                job.sink.stage_image(image)
+        for data, media_type in pushes:
+            job.sink.put_manifest(data, media_type)
+        job.sink.put_image(image)
     except BaseException:
         writes.join()
         raise
     writes.join()
-    for rec in records:
-        job.remember(rec)
     return root
 
 
@@ -292,22 +298,26 @@ def _zstd_manifest(m: Platformed, outcomes: dict[Digest, LayerOutcome]) -> tuple
     return canonical_json(m.manifest.with_layers(layers, OCI_MANIFEST, config)), changed
 
 
-def _write_manifests(source: ImageSource, sink: Sink, p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str) -> Descriptor:
+def _manifests(p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str) -> tuple[list[tuple[bytes, str]], Descriptor]:
+    """The manifests to push, each after what it points to (configs are in the
+    sink already: _put_configs), and the root's descriptor."""
+    pushes: list[tuple[bytes, str]] = []
     entries: list[Descriptor] = []
-    for m in p.manifests:  # configs: already in the sink (_put_configs)
+    for m in p.manifests:
         zdata, changed = _zstd_manifest(m, outcomes)
         if mode == "add" or not changed:
-            sink.put_manifest(m.raw, m.desc.media_type)
+            pushes.append((m.raw, m.desc.media_type))
             entries.append(m.desc)
         if changed:
-            zdesc = sink.put_manifest(zdata, OCI_MANIFEST)
+            pushes.append((zdata, OCI_MANIFEST))
             notes = {ANNOTATION_ZSTD: "true"} if mode == "add" else {}
-            entries.append(zdesc.replace(platform=m.desc.platform, annotations={**m.desc.annotations, **notes}))
+            entries.append(Descriptor(OCI_MANIFEST, Digest.of(zdata), len(zdata), platform=m.desc.platform,
+                                      annotations={**m.desc.annotations, **notes}))
     if mode == "replace" and p.index is None and len(entries) == 1:
-        return entries[0].replace(platform=None, annotations={})
-    return sink.put_manifest(canonical_json(build_index(entries, p.index)), OCI_INDEX)
-
-
+        return pushes, entries[0].replace(platform=None, annotations={})
+    index = canonical_json(build_index(entries, p.index))
+    pushes.append((index, OCI_INDEX))
+    return pushes, Descriptor(OCI_INDEX, Digest.of(index), len(index))
 def describe(result: ImageResult) -> list[str]:
     lines = []
     for o in result.layers:

@@ -21,7 +21,7 @@ from ..descriptor import GZIP_LAYER_TYPES, OCI_LAYER_ZSTD, TAR_LAYER_TYPES, ZSTD
 from ..errors import SinkError
 from ..faults import crashpoint
 from ..records import VariantRecord
-from ..sinks.base import BlobMounter, Sink, VariantStager
+from ..sinks.base import BlobMounter, RecordStager, Sink
 from ..transcode import Progress, transcode_stream
 from ..variants import VariantTable
 from .source import ImageSource
@@ -102,9 +102,10 @@ class LayerJob:
 
     def _stage(self, rec: VariantRecord) -> None:
         """Let a sink that can (a registry) store the record's blob while other
-        layers still run, leaving only its tag for the end. Best effort: what
-        fails here is pushed again by ``put_record``, which reports it."""
-        if isinstance(self.sink, VariantStager):
+        layers and the manifests go on, leaving only its tag for the end. Best
+        effort: what fails here is pushed again by ``record``, which
+        reports it."""
+        if isinstance(self.sink, RecordStager):
             with contextlib.suppress(SinkError):
                 self.sink.stage_variant(rec)
 
@@ -165,12 +166,10 @@ class LayerJob:
 
         return progress
 
-    def put_record(self, rec: VariantRecord) -> None:
-        """The variant's record into the sink (thread-safe: sinks take records concurrently)."""
+    def record(self, rec: VariantRecord) -> None:
+        """The variant's record into the sink, then into the local table
+        (thread-safe: sinks and the table take records concurrently)."""
         self.sink.put_variant(rec)
         crashpoint("record-written")
-
-    def remember(self, rec: VariantRecord) -> None:
-        """The variant into the local table, once the sink has its record."""
         if self.table is not None:
             self.table.record(rec, {rec.target.digest: self.sink.location})

@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 from ..descriptor import OCI_MANIFEST, Descriptor
 from ..digest import Digest
-from ..errors import InputError, ManifestError, NotFound, SinkError
+from ..errors import InputError, ManifestError, NotFound, SinkError, TranscoderError
+from ..parallel import Parallel
 from ..records import ImageRecord, VariantRecord
 from . import images as img
 from . import variants as var
@@ -37,7 +38,7 @@ class RepositoryRecords:
         self._manifest_bytes = manifest_bytes
         self.where = where
         self._tags: set[str] | None = None  # listed once for variant lookups, then kept up to date
-        self._staged: dict[Digest, Descriptor] = {}  # record blobs pushed ahead of their tags, by digest
+        self._staged: dict[Digest, Parallel[bytes, Descriptor]] = {}  # record blob pushes ahead of their tags
         self._lock = threading.Lock()
 
     # -- tags --------------------------------------------------------------------
@@ -64,21 +65,34 @@ class RepositoryRecords:
         push_blob(self.client, self.repo, body, blob.digest, fresh=True)  # records carry their creation time
         return blob
 
+    def _stage(self, body: bytes, media_type: str) -> None:
+        """Start pushing a record blob on a thread of its own; nothing points to it yet."""
+        digest = Digest.of(body)
+        with self._lock:
+            if digest not in self._staged:
+                self._staged[digest] = Parallel(lambda b: self._push_record_blob(b, media_type), [body], 1,
+                                                "record-blob")
+
+    def _record_blob(self, body: bytes, media_type: str) -> Descriptor:
+        """The record blob, in the repository: its staged push's, else pushed now."""
+        with self._lock:
+            staged = self._staged.pop(Digest.of(body), None)
+        if staged is not None:
+            try:
+                return staged.join()[0]
+            except TranscoderError:
+                pass  # pushed once more below, which reports a lasting failure
+        return self._push_record_blob(body, media_type)
+
     # -- variants -------------------------------------------------------------------
 
     def stage_variant(self, rec: VariantRecord) -> None:
-        """Push the record's blob now; nothing points to it until :meth:`put_variant`."""
-        blob = self._push_record_blob(rec.to_bytes(), var.VARIANT_TYPE)
-        with self._lock:
-            self._staged[blob.digest] = blob
+        """Start pushing the record's blob; nothing points to it until :meth:`put_variant`."""
+        self._stage(rec.to_bytes(), var.VARIANT_TYPE)
 
     def put_variant(self, rec: VariantRecord) -> None:
         """The variant blob must already be in the repository (the registry checks)."""
-        body = rec.to_bytes()
-        with self._lock:
-            blob = self._staged.pop(Digest.of(body), None)
-        if blob is None:
-            blob = self._push_record_blob(body, var.VARIANT_TYPE)
+        blob = self._record_blob(rec.to_bytes(), var.VARIANT_TYPE)
         self._tag(var.variant_tag(rec.source.digest, rec.params.key), var.record_manifest(rec, blob), OCI_MANIFEST)
 
     def find_variants(self, source: Digest) -> list[VariantRecord]:
@@ -112,9 +126,14 @@ class RepositoryRecords:
 
     # -- images ---------------------------------------------------------------------
 
+    def stage_image(self, rec: ImageRecord) -> None:
+        """Start pushing the record's blob, before its root is pushed; nothing
+        points to it until :meth:`put_image`."""
+        self._stage(rec.to_bytes(), img.IMAGE_TYPE)
+
     def put_image(self, rec: ImageRecord) -> None:
         self._manifest_bytes(rec.root)  # the root must be there, as described
-        blob = self._push_record_blob(rec.to_bytes(), img.IMAGE_TYPE)
+        blob = self._record_blob(rec.to_bytes(), img.IMAGE_TYPE)
         tag = img.record_tag(rec)
         self._tag(tag, img.record_manifest(rec, blob), OCI_MANIFEST)
         if is_plain_tag(rec.name):

@@ -84,13 +84,17 @@ class BlobMounter(Protocol):
 
 
 @runtime_checkable
-class VariantStager(Protocol):
-    """Optional: store what a variant record needs ahead of the record, which
-    stays invisible until ``put_variant``. A remote sink whose record is a blob
-    plus a pointer to it pushes the blob as soon as the variant exists, so the
-    pointer is all that is left once the image has succeeded."""
+class RecordStager(Protocol):
+    """Optional: start storing what a record needs ahead of the record, which
+    stays invisible until ``put_variant`` or ``put_image``. A remote sink whose
+    record is a blob plus a pointer to it pushes the blob in the background
+    as soon as the record's content is known; the put waits for that push (or
+    pushes again if it failed) and writes the pointer. So neither a layer's
+    end nor the image's manifests wait for a record's blob."""
 
     def stage_variant(self, rec: VariantRecord) -> None: ...
+
+    def stage_image(self, rec: ImageRecord) -> None: ...
 
 
 @runtime_checkable

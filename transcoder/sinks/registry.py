@@ -183,6 +183,9 @@ class RegistrySink:
     def stage_variant(self, rec: VariantRecord) -> None:
         self.records.stage_variant(rec)
 
+    def stage_image(self, rec: ImageRecord) -> None:
+        self.records.stage_image(rec)
+
     def put_variant(self, rec: VariantRecord) -> None:
         self.records.put_variant(rec)
 

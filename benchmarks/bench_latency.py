@@ -1,0 +1,146 @@
+"""Latency benchmark: registry-to-registry conversions over a long link,
+against ``skopeo copy --dest-compress-format zstd``, and how many round
+trips each waits for one after another.
+
+A registry far away makes every request wait a round trip, and a conversion
+is a few dozen requests around the layers. So on a long link what counts is
+how many of them wait for each other, not how many there are.
+``benchmarks/latencyproxy.py`` stands between the clients and a
+docker-registry (distribution) on loopback and delays every byte by the same
+time in each direction, with no bandwidth limit.
+
+For each one-way delay (``--delays``, default 0, 5 and 20 ms: round trips
+of 0, 10 and 40 ms), in an order that rotates between repetitions:
+
+1. ``ours``: ``transcoder convert docker://SRC --to type=registry,ref=DST,mode=replace``
+   with a new variant table;
+2. ``ours rerun``: the same again, from another machine (a new variant
+   table): every layer is found in the registry's records;
+3. ``skopeo``: ``skopeo copy --dest-compress-format zstd`` of the same image
+   (its blob-info cache removed first).
+
+Printed: each run's median wall time and requests (from the registry's
+access log), and the round trips on its critical path: the wall time a
+round trip adds, (wall at this delay - wall at no delay) / round trip.
+
+The image is the corpus's ``small`` layer by default (``--layers``), so the
+requests, not the bytes, make the time. Run from the repository:
+``python benchmarks/bench_latency.py [--reps 3] [--delays 0,5,20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_engine import CLI, installed_bytecode
+from benchmarks.bench_registry import BLOB_INFO_CACHE, Registry, timed
+from benchmarks.corpus import DEFAULT_WORKDIR, build_image, layer_info
+from benchmarks.installed import cli_for
+from benchmarks.latencyproxy import LatencyProxy
+
+KINDS = ("ours", "ours rerun", "skopeo")
+
+
+def one_run(kind: str, cli: str, registry: Registry, host: str, dest: str, work: Path) -> dict[str, Any]:
+    """One conversion through ``host`` (the proxy): wall time and the registry's count of requests."""
+    offset = registry.log_size()
+    src = f"docker://{host}/corpus/src:gzip"
+    if kind == "skopeo":
+        BLOB_INFO_CACHE.unlink(missing_ok=True)
+        argv = ["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
+                "--dest-compress-format", "zstd", src, f"docker://{host}/{dest}-skopeo:v1"]
+        env = None
+    else:
+        home = Path(tempfile.mkdtemp(dir=work))  # a new variant table: another machine
+        argv = [cli, "convert", src, "--to", f"type=registry,ref={host}/{dest}:v1,mode=replace", "--json"]
+        env = dict(os.environ, TRANSCODER_HOME=str(home))
+    run = timed(kind, argv, registry, env)
+    if kind != "skopeo":
+        statuses = {o["status"] for o in json.loads(run.report)["layers"]}
+        assert statuses == ({"hit"} if kind == "ours rerun" else {"converted"}), (kind, statuses)
+    counts, _ = registry.requests_since(offset)
+    return {"wall": run.wall, "requests": sum(counts.values())}
+
+
+def measure(cli: str, registry: Registry, work: Path, delays: list[float], reps: int,
+            ) -> dict[float, dict[str, list[dict[str, Any]]]]:
+    results: dict[float, dict[str, list[dict[str, Any]]]] = {}
+    for delay in delays:
+        results[delay] = {k: [] for k in KINDS}
+        with LatencyProxy(("127.0.0.1", registry.port), delay / 1000) as proxy:
+            for rep in range(reps):
+                dest = f"bench/d{delay:g}-r{rep}".replace(".", "_")
+                # The rerun needs the first conversion's records, so only skopeo's place rotates.
+                order = ["ours", "ours rerun"]
+                order.insert(rep % 3, "skopeo")
+                for kind in order:
+                    print(f"delay {delay:g} ms, rep {rep + 1}/{reps}: {kind} ...", file=sys.stderr, flush=True)
+                    results[delay][kind].append(one_run(kind, cli, registry, proxy.host, dest, work))
+    return results
+
+
+def report(results: dict[float, dict[str, list[dict[str, Any]]]], out: Path | None) -> None:
+    base = min(results)
+    med = {d: {k: statistics.median(r["wall"] for r in runs) for k, runs in by.items()} for d, by in results.items()}
+    print("\n| one-way delay | round trip | run | wall s (median) | requests | round trips waited for | skopeo / this |")
+    print("|---|---|---|---|---|---|---|")
+    for delay, by in results.items():
+        for kind, runs in by.items():
+            rtt = 2 * delay / 1000
+            waited = f"{(med[delay][kind] - med[base][kind]) / rtt:.0f}" if delay != base else "-"
+            requests = statistics.median(r["requests"] for r in runs)
+            print(f"| {delay:g} ms | {2 * delay:g} ms | {kind} | {med[delay][kind]:.3f} | {requests:.0f} | {waited} | "
+                  f"{med[delay]['skopeo'] / med[delay][kind]:.2f}x |")
+    if out:
+        out.write_text(json.dumps({str(d): by for d, by in results.items()}, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--delays", default="0,5,20", help="one-way delays in ms, the first the baseline "
+                    "(default %(default)s)")
+    ap.add_argument("--layers", default="small", help="corpus layers of the image (default %(default)s)")
+    ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="corpus cache (default %(default)s)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--cli", choices=("installed", "here"), default="installed",
+                    help="time this checkout pip-installed in a venv of its own (default), or run in place")
+    args = ap.parse_args()
+    for tool in ("docker-registry", "skopeo"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found on PATH")
+    delays = [float(d) for d in args.delays.split(",")]
+    if not delays or min(delays) < 0 or delays[0] != min(delays):
+        raise SystemExit("--delays: non-negative milliseconds, the smallest first")
+    installed_bytecode()
+    cli = cli_for(args.cli, args.workdir, CLI)
+    names = tuple(args.layers.split(","))
+    for name in names:
+        layer_info(args.workdir, name)  # builds the layer if needed
+    layout = build_image(args.workdir, names)
+    print(f"timing {cli}; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+        work = Path(tmp)
+        registry = Registry(work)
+        try:
+            subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:latest",
+                            f"docker://{registry.host}/corpus/src:gzip"], check=True)
+            results = measure(cli, registry, work, delays, args.reps)
+        finally:
+            registry.stop()
+    report(results, args.json)
+
+
+if __name__ == "__main__":
+    main()
