@@ -23,8 +23,9 @@ Printed: each run's median wall time and requests (from the registry's
 access log), and the round trips on its critical path: the wall time a
 round trip adds, (wall at this delay - wall at no delay) / round trip.
 
-The image is the corpus's ``small`` layer by default (``--layers``), so the
-requests, not the bytes, make the time. Run from the repository:
+The image has six small layers by default (``--layers``: ``small`` and the
+corpus's ``MANY_LAYERS``, 8 MiB of files each), so the requests, not the
+bytes, make the time. Run from the repository:
 ``python benchmarks/bench_latency.py [--reps 3] [--delays 0,5,20]``.
 """
 
@@ -45,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_engine import CLI, installed_bytecode
 from benchmarks.bench_registry import BLOB_INFO_CACHE, Registry, timed
-from benchmarks.corpus import DEFAULT_WORKDIR, build_image, layer_info
+from benchmarks.corpus import DEFAULT_WORKDIR, MANY_LAYERS, build_image, layer_info
 from benchmarks.installed import cli_for
 from benchmarks.latencyproxy import LatencyProxy
 
@@ -111,7 +112,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--delays", default="0,5,20", help="one-way delays in ms, the first the baseline "
                     "(default %(default)s)")
-    ap.add_argument("--layers", default="small", help="corpus layers of the image (default %(default)s)")
+    ap.add_argument("--layers", default=",".join(("small", *MANY_LAYERS)),
+                    help="corpus layers of the image (default %(default)s)")
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="corpus cache (default %(default)s)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--cli", choices=("installed", "here"), default="installed",

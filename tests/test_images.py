@@ -542,3 +542,75 @@ def test_a_failed_manifest_write_waits_for_the_records_and_is_raised(tmp_path: P
         convert_image(open_source(f"oci:{src}:three"), sink, ConvertOptions(mode="replace"))
     assert len(written) == 3
     assert sink.images() == {}  # type: ignore[attr-defined]
+
+
+def test_variant_lookups_of_every_layer_go_out_at_once(tmp_path: Path) -> None:
+    """A lookup costs round trips on a remote sink, not CPU: the lookups of
+    all the layers go out together, before any transcode. The sink below
+    answers a lookup only once all four are being made (a barrier, not a
+    clock; with one lookup per layer in turn, the barrier breaks)."""
+    import threading
+
+    from transcoder.images.convert import ConvertOptions, convert_image
+    from transcoder.images.source import open_source
+    from transcoder.sinks import open_sink
+
+    src = write_layout(tmp_path / "src", {"four": TARS[:4]})
+    sink = open_sink(f"type=local,dest={tmp_path / 'store'}")
+    together = threading.Barrier(4, timeout=10)
+    find_variants = sink.find_variants
+
+    def find_when_all_are_looking(source: Any) -> Any:
+        together.wait()
+        return find_variants(source)
+
+    sink.find_variants = find_when_all_are_looking  # type: ignore[method-assign]
+    result = convert_image(open_source(f"oci:{src}:four"), sink, ConvertOptions(mode="replace"))
+    assert [o.status for o in result.layers] == ["converted"] * 4
+
+
+def test_reused_layers_are_finished_at_once_beside_a_transcode(tmp_path: Path) -> None:
+    """Layers whose variant is known need round trips only (in add mode, the
+    canonical blob's check or copy), so they do not queue behind the layers
+    in flight: three reused layers and the one new layer's transcode run at
+    the same time. The source below opens the new layer's blob, and the sink
+    takes a canonical blob's check, only once all four are under way."""
+    import threading
+
+    from transcoder.images.convert import ConvertOptions, convert_image
+    from transcoder.images.source import open_source
+    from transcoder.sinks import open_sink
+    from transcoder.variants import VariantTable
+
+    table = VariantTable(tmp_path / "home" / "variants.db")
+    store = f"type=local,dest={tmp_path / 'store'}"
+    first = write_layout(tmp_path / "first", {"three": TARS[:3]})
+    convert_image(open_source(f"oci:{first}:three"), open_sink(store), ConvertOptions(mode="replace", table=table))
+    src = write_layout(tmp_path / "src", {"four": TARS[:4]})
+    source, sink = open_source(f"oci:{src}:four"), open_sink(store)
+    together = threading.Barrier(4, timeout=10)
+    stat_blob, open_blob = sink.stat_blob, source.open_blob
+    new_layer = {layer.digest for layer in _layers(src, "four")} - {layer.digest for layer in _layers(first, "three")}
+
+    def stat_when_all_are_running(digest: Any) -> Any:
+        if digest in canonical:
+            together.wait()
+        return stat_blob(digest)
+
+    def open_when_all_are_running(desc: Any) -> Any:
+        if desc.digest in new_layer:
+            together.wait()
+        return open_blob(desc)
+
+    canonical = {layer.digest for layer in _layers(first, "three")}
+    sink.stat_blob = stat_when_all_are_running  # type: ignore[method-assign]
+    source.open_blob = open_when_all_are_running  # type: ignore[method-assign]
+    result = convert_image(source, sink, ConvertOptions(mode="add", table=table))
+    assert sorted(o.status for o in result.layers) == ["converted", "hit", "hit", "hit"]
+
+
+def _layers(layout: Path, ref: str) -> list[Any]:
+    from transcoder.images.convert import plan
+    from transcoder.images.source import open_source
+
+    return [x for m in plan(open_source(f"oci:{layout}:{ref}"), None).manifests for x in m.manifest.layers]

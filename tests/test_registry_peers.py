@@ -362,6 +362,19 @@ def test_an_image_record_is_staged_before_its_root_is_pushed(sink: RegistrySink)
     other.close()
 
 
+def test_warming_lists_the_tags_once_for_every_lookup(sink: RegistrySink) -> None:
+    """warm_lookups lists the repository's tags on a thread of its own (a
+    conversion starts it before reading the source); lookups then make no
+    request of their own for a source with no record."""
+    assert sink.stat_blob(Digest.of(b"absent")) is None  # the client's first contact, behind us
+    before = sink.client.requests
+    sink.warm_lookups()
+    _settled(sink, before, 1)
+    for n in range(3):
+        assert sink.find_variants(Digest.of(b"no record %d" % n)) == []
+    assert sink.client.requests - before == 1
+
+
 def test_a_failed_staging_is_pushed_again_by_the_put(sink: RegistrySink, monkeypatch: pytest.MonkeyPatch) -> None:
     """A staged push that failed costs nothing but the retry: put_variant
     pushes the blob itself, and the record is published whole."""
@@ -402,6 +415,66 @@ def test_variant_records_are_found_from_another_machine(sink: RegistrySink, regi
     assert other.find_variants(Digest.of(b"unknown")) == []
     assert other.images() == {}  # record tags are not images
     other.close()
+
+
+def test_a_lookup_asks_for_the_target_while_it_reads_the_record(sink: RegistrySink, registry: Any) -> None:
+    """A record's manifest names the variant's blob: the HEAD that checks the
+    blob is still there goes out while the record's own blob is read, and the
+    check then uses its answer (the same three requests, two round trips).
+    The client below reads the record blob only once the HEAD has begun."""
+    source = Descriptor(OCI_LAYER_GZIP, Digest.of(b"gzip source 7"), 13)
+    rec = _variant(sink, source, 3, b"zstd bytes 7")
+    sink.put_variant(rec)
+    other = RegistrySink(registry.host, sink.repository)
+    asked = threading.Event()
+    head_blob, open_blob = other.client.head_blob, other.client.open_blob
+
+    def head_and_tell(repo: str, digest: Digest) -> int | None:
+        asked.set()
+        return head_blob(repo, digest)
+
+    def open_once_asked(repo: str, digest: Digest, *args: Any) -> Any:
+        assert asked.wait(10), "the record's blob was read before its target was asked for"
+        return open_blob(repo, digest, *args)
+
+    other.client.head_blob = head_and_tell  # type: ignore[method-assign]
+    other.client.open_blob = open_once_asked  # type: ignore[method-assign]
+    assert other.find_variants(source.digest) == [rec]
+    before = other.client.requests
+    assert other.stat_blob(rec.target.digest) == rec.target.size
+    assert other.client.requests == before  # the answer asked ahead
+    assert other.stat_blob(rec.target.digest) == rec.target.size
+    assert other.client.requests == before + 1  # used once: a later check asks again
+    other.close()
+
+
+def test_superseded_image_records_go_while_the_tags_are_listed_again(sink: RegistrySink) -> None:
+    """Settling a tag lists the tags, pushes the tag, lists again; the older
+    records are dropped meanwhile, not after. The client below answers the
+    second listing only once the drop has begun."""
+    (_, first), (_, second) = _other_image(sink, 8), _other_image(sink, 9)
+    sink.put_image(ImageRecord("pruned", first, created=1000.0))
+    dropping = threading.Event()
+    listings = 0
+    head_manifest, list_tags = sink.client.head_manifest, sink.client.list_tags
+
+    def head_and_tell(repo: str, ref: Any) -> Any:
+        dropping.set()
+        return head_manifest(repo, ref)
+
+    def list_once_dropping(repo: str) -> list[str]:
+        nonlocal listings
+        listings += 1
+        if listings == 2:
+            assert dropping.wait(10), "the older record was dropped only after the tags were listed again"
+        return list_tags(repo)
+
+    sink.client.head_manifest = head_and_tell  # type: ignore[method-assign]
+    sink.client.list_tags = list_once_dropping  # type: ignore[method-assign]
+    sink.put_image(ImageRecord("pruned", second, created=2000.0))
+    assert listings == 2
+    assert len([t for t in list_tags(sink.repository) if ".image-" in t]) == 1
+    assert head_manifest(sink.repository, "pruned") == second
 
 
 def test_concurrent_writers_of_one_source_lose_no_record(registry: Any) -> None:

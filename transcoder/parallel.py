@@ -50,13 +50,18 @@ class Parallel(Generic[T, R]):
             except BaseException as exc:  # raised by join, in the caller's thread
                 self._errors[i] = exc
 
-    def join(self) -> list[R]:
+    def outcomes(self) -> list[tuple[R | None, BaseException | None]]:
+        """Wait for every call; each item's result and error, one of them None."""
         for thread in self._threads:
             thread.join()
-        for exc in self._errors:
+        return list(zip(self._results, self._errors, strict=True))
+
+    def join(self) -> list[R]:
+        outcomes = self.outcomes()
+        for _, exc in outcomes:
             if exc is not None:
                 raise exc
-        return self._results  # type: ignore[return-value]  # every call returned
+        return [result for result, _ in outcomes]  # type: ignore[misc]  # every call returned
 
 
 def each(fn: Callable[[T], R], items: Sequence[T], threads: int, name: str) -> list[R]:

@@ -37,7 +37,7 @@ from ..digest import Digest
 from ..errors import ManifestError, SinkError, UsageError
 from ..parallel import Parallel, each
 from ..records import ImageRecord
-from ..sinks.base import RecordStager, Sink, put_bytes
+from ..sinks.base import LookupWarmer, RecordStager, Sink, put_bytes
 from ..transcode import default_workers
 from ..variants import VariantTable
 from .layers import LayerJob, LayerOutcome, ProgressFactory
@@ -46,6 +46,7 @@ from .source import ImageSource
 
 MAX_DEPTH = 4
 RECORD_WRITERS = 8  # variant records written to the sink at once
+LIGHT_THREADS = 8  # variant lookups, and layers reused or carried, at once
 NAME_ANNOTATIONS = frozenset({ANNOTATION_REF_NAME, "io.containerd.image.name"})
 
 
@@ -149,6 +150,8 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
     if opts.mode not in ("add", "replace"):
         raise UsageError(f"--mode {opts.mode!r}: expected add or replace")
     started = time.perf_counter()
+    if isinstance(sink, LookupWarmer):
+        sink.warm_lookups()  # its round trips overlap the source's
     p = plan(source, opts.platforms)
     name = opts.tag or p.tag
     if not name:
@@ -228,21 +231,40 @@ def _check_layers_present(source: ImageSource, p: Plan) -> None:
 
 
 def _run_layers(job: LayerJob, p: Plan, jobs: int) -> dict[Digest, LayerOutcome]:
-    unique = {x.digest: x for m in p.manifests for x in m.manifest.layers}
+    """Every unique layer, each run to its end; then the first failure in plan
+    order is raised.
+
+    Lookups and the layers that need no transcode (reused, carried) cost round
+    trips, not CPU, so they run all at once: an unchanged rerun of a
+    many-layer image waits for one lookup, not one per layer in turn. Layers
+    to transcode go through the admission below, beside them."""
+    layers = list({x.digest: x for m in p.manifests for x in m.manifest.layers}.values())
+    found = each(job.lookup, layers, LIGHT_THREADS, "lookup")
+    heavy = [i for i, x in enumerate(layers) if job.needs_transcode(x, found[i])]
+    light = sorted(set(range(len(layers))) - set(heavy))
     # Layers in flight share one group of compressing threads (each layer's
     # decode thread is one more), so cores are not oversubscribed while
     # several run and the last layer alone still gets them all.
     workers = job.workers or default_workers()
     admission = _Admission(max(1, jobs))
-    with EncoderThreads(max(0, workers - 1)) as threads:
+    with EncoderThreads(max(0, workers - 1) if heavy else 0) as threads:
         job = dataclasses.replace(job, threads=threads, source_read=admission.ease)
 
-        def run(item: tuple[int, Descriptor]) -> LayerOutcome:
-            return admission.run(item[0], _weight(item[1], workers, jobs), job.run, item[1])
+        def convert(item: tuple[int, int]) -> LayerOutcome:
+            x = layers[item[1]]
+            return admission.run(item[0], _weight(x, workers, jobs), job.convert, x)
 
-        # Every layer runs to its end; then the first failure in plan order is raised.
-        outcomes = each(run, list(enumerate(unique.values())), max(1, jobs), "layer")
-    return dict(zip(unique, outcomes, strict=True))
+        light_runs = Parallel(lambda i: job.finish(layers[i], found[i]), light, LIGHT_THREADS, "layer-light")
+        heavy_runs = Parallel(convert, list(enumerate(heavy)), max(1, jobs), "layer")
+        settled = dict(zip(light, light_runs.outcomes(), strict=True))
+        settled.update(zip(heavy, heavy_runs.outcomes(), strict=True))
+    outcomes = []
+    for i in range(len(layers)):
+        outcome, error = settled[i]
+        if error is not None:
+            raise error
+        outcomes.append(outcome)
+    return {x.digest: o for x, o in zip(layers, outcomes, strict=True) if o is not None}
 
 
 def _weight(layer: Descriptor, workers: int, jobs: int) -> int:

@@ -85,17 +85,36 @@ class LayerJob:
     source_read: Callable[[Descriptor], None] | None = None
 
     def run(self, layer: Descriptor) -> LayerOutcome:
+        """The whole job for one layer: carried as is, a known variant reused, or transcoded."""
+        found = self.lookup(layer)
+        return self.convert(layer) if self.needs_transcode(layer, found) else self.finish(layer, found)
+
+    @staticmethod
+    def transcodes(layer: Descriptor) -> bool:
+        """False for a layer carried as is: already zstd, or not a filesystem layer (attestations)."""
+        return layer.media_type in GZIP_LAYER_TYPES | TAR_LAYER_TYPES
+
+    def lookup(self, layer: Descriptor) -> VariantRecord | None:
+        """The variant to reuse for ``layer``, if any: round trips, no CPU."""
+        return self.known_variant(layer) if self.transcodes(layer) else None
+
+    def needs_transcode(self, layer: Descriptor, found: VariantRecord | None) -> bool:
+        return found is None and self.transcodes(layer)
+
+    def finish(self, layer: Descriptor, found: VariantRecord | None) -> LayerOutcome:
+        """A layer that needs no transcode (see :meth:`needs_transcode`): carried or reused."""
         started = time.perf_counter()
-        if layer.media_type not in GZIP_LAYER_TYPES | TAR_LAYER_TYPES:
-            # Already zstd, or not a filesystem layer (attestations): carried as is.
+        if found is None:
             self.copy(layer)
             status = "zstd" if layer.media_type in ZSTD_LAYER_TYPES else "kept"
             return LayerOutcome(layer, layer, status, None, time.perf_counter() - started)
-        rec = self.known_variant(layer)
-        if rec is not None:
-            if self.keep_canonical:
-                self.copy(layer)
-            return LayerOutcome(layer, rec.target, "hit", str(rec.diff_id), time.perf_counter() - started)
+        if self.keep_canonical:
+            self.copy(layer)
+        return LayerOutcome(layer, found.target, "hit", str(found.diff_id), time.perf_counter() - started)
+
+    def convert(self, layer: Descriptor) -> LayerOutcome:
+        """Transcode ``layer``, whose variant is known nowhere."""
+        started = time.perf_counter()
         rec = self.transcode(layer)
         self._stage(rec)
         return LayerOutcome(layer, rec.target, "converted", str(rec.diff_id), time.perf_counter() - started, rec)

@@ -3,6 +3,7 @@ artifact manifests (schemes and guarantees: :mod:`.variants`, :mod:`.images`).""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -32,11 +33,15 @@ def is_plain_tag(name: str) -> bool:
 class RepositoryRecords:
     """Records in ``repo``; ``manifest_bytes`` reads a root manifest (verified)."""
 
-    def __init__(self, client: RegistryClient, repo: str, manifest_bytes: ManifestBytes, where: str) -> None:
+    def __init__(self, client: RegistryClient, repo: str, manifest_bytes: ManifestBytes, where: str,
+                 target_named: Callable[[Digest], None] | None = None) -> None:
+        """``target_named`` is told each variant target a record read names,
+        before the record is checked (so the sink can start asking for it)."""
         self.client = client
         self.repo = repo
         self._manifest_bytes = manifest_bytes
         self.where = where
+        self._target_named = target_named
         self._tags: set[str] | None = None  # listed once for variant lookups, then kept up to date
         self._staged: dict[Digest, Parallel[bytes, Descriptor]] = {}  # record blob pushes ahead of their tags
         self._lock = threading.Lock()
@@ -53,6 +58,15 @@ class RepositoryRecords:
             if self._tags is None:
                 self._tags = set(self.client.list_tags(self.repo))
             return set(self._tags)
+
+    def warm(self) -> None:
+        """List the tags on a thread of their own; the first lookup then finds
+        the listing done, or waits for it instead of listing again."""
+        threading.Thread(target=self._warm, name="record-tags", daemon=True).start()
+
+    def _warm(self) -> None:
+        with contextlib.suppress(TranscoderError):  # the lookup lists again, and reports what fails
+            self.tags()
 
     def _tag(self, tag: str, data: bytes, media_type: str) -> None:
         self.client.put_manifest(self.repo, tag, data, media_type)
@@ -111,6 +125,8 @@ class RepositoryRecords:
         try:
             manifest = self.client.get_manifest(self.repo, tag).data
             config, target = var.record_blob_of(manifest, source, where)
+            if self._target_named is not None:
+                self._target_named(target.digest)
             with self.client.open_blob(self.repo, config.digest) as f:
                 body = f.read(config.size + 1)
             if Digest.of(body) != config.digest:
@@ -144,6 +160,7 @@ class RepositoryRecords:
         ``known``: records this sink has just written, by tag, not read back."""
         pushed: str | None = None
         history: list[img.RecordTag] = []
+        pruning: Parallel[list[img.RecordTag], list[img.RecordTag]] | None = None
         for _ in range(SETTLE_ROUNDS):
             history = img.newest_by_name(sorted(self.tags(fresh=True))).get(img.name_hash(name), [])
             newest = self._read_newest(history, known)
@@ -152,7 +169,12 @@ class RepositoryRecords:
             tag, rec = newest
             self._tag(name, self._manifest_bytes(rec.root), rec.root.media_type)
             pushed = tag.tag
-        self._prune(history[:-1])
+            if pruning is None:
+                # What is older than the root now tagged goes while the tags are
+                # listed again: one round trip less at the end of every put.
+                pruning = Parallel(self._prune, [[t for t in history if t < tag]], 1, "record-prune")
+        pruned: set[img.RecordTag] = set(pruning.join()[0]) if pruning is not None else set()
+        self._prune([t for t in history[:-1] if t not in pruned])
 
     def _read_newest(self, history: list[img.RecordTag], known: dict[str, ImageRecord] | None = None,
                      ) -> tuple[img.RecordTag, ImageRecord] | None:
@@ -168,18 +190,20 @@ class RepositoryRecords:
                 log.warning("ignoring %s", exc)
         return None
 
-    def _prune(self, older: list[img.RecordTag]) -> None:
-        """Best effort: drop records a newer one supersedes (never the newest)."""
+    def _prune(self, older: list[img.RecordTag]) -> list[img.RecordTag]:
+        """Best effort: drop records a newer one supersedes (never the newest).
+        Returns those dealt with (a refused deletion counts: it is not tried again)."""
         for tag in older:
             try:
                 desc = self.client.head_manifest(self.repo, tag.tag)
                 if desc is not None:
                     self.client.delete_manifest(self.repo, desc.digest)
             except SinkError:
-                return  # deletion disabled, or no right to delete: keep them
+                return older  # deletion disabled, or no right to delete: keep them
             with self._lock:
                 if self._tags is not None:
                     self._tags.discard(tag.tag)
+        return older
 
     def images(self) -> dict[str, ImageRecord]:
         tags = sorted(self.tags(fresh=True))

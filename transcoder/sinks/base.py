@@ -98,6 +98,15 @@ class RecordStager(Protocol):
 
 
 @runtime_checkable
+class LookupWarmer(Protocol):
+    """Optional: start, in the background, what the first variant lookup
+    would wait for (a registry's tag listing, and with it the connection and
+    any token), so that its round trips overlap the reading of the source."""
+
+    def warm_lookups(self) -> None: ...
+
+
+@runtime_checkable
 class ManifestStore(Protocol):
     def put_manifest(self, data: bytes, media_type: str) -> Descriptor: ...
 

@@ -20,6 +20,7 @@ whatever the registry itself checks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from typing import BinaryIO
@@ -28,7 +29,8 @@ import httpx
 
 from ..descriptor import INDEX_TYPES, MAX_MANIFEST_BYTES, Descriptor
 from ..digest import Digest
-from ..errors import ManifestError, SinkError, UsageError
+from ..errors import ManifestError, SinkError, TranscoderError, UsageError
+from ..parallel import Parallel
 from ..records import ImageRecord, VariantRecord
 from ..registry.client import RegistryClient
 from ..registry.credentials import Credentials
@@ -65,7 +67,9 @@ class RegistrySink:
         self._present: set[Digest] = set()  # blobs and manifests known to be in the repository
         self._pushed: dict[Digest, bytes] = {}  # manifests pushed by this sink, for put_image
         self._lock = threading.Lock()
-        self.records = RepositoryRecords(self.client, repository, self.get_manifest, self.location)
+        self._stats: dict[Digest, Parallel[Digest, int | None]] = {}  # HEADs asked ahead, each answer used once
+        self.records = RepositoryRecords(self.client, repository, self.get_manifest, self.location,
+                                         target_named=self._stat_ahead)
 
     @classmethod
     def from_options(
@@ -105,10 +109,25 @@ class RegistrySink:
 
     def stat_blob(self, digest: Digest | str) -> int | None:
         digest = as_digest(digest)
+        with self._lock:
+            ahead = self._stats.pop(digest, None)
+        if ahead is not None:
+            with contextlib.suppress(TranscoderError):  # asked again below, which reports the failure
+                return ahead.join()[0]
+        return self._head(digest)
+
+    def _head(self, digest: Digest) -> int | None:
         size = self.client.head_blob(self.repository, digest)
         if size is not None:
             self._present.add(digest)
         return size
+
+    def _stat_ahead(self, digest: Digest) -> None:
+        """Start the HEAD that a lookup will want once it has read the record
+        naming ``digest``, so the two round trips overlap."""
+        with self._lock:
+            if digest not in self._stats:
+                self._stats[digest] = Parallel(self._head, [digest], 1, "blob-stat")
 
     def open_blob(self, digest: Digest | str, offset: int = 0, length: int | None = None) -> BinaryIO:
         return self.client.open_blob(self.repository, as_digest(digest), offset, length)
@@ -191,6 +210,9 @@ class RegistrySink:
 
     def find_variants(self, source: Digest | str) -> list[VariantRecord]:
         return self.records.find_variants(as_digest(source))
+
+    def warm_lookups(self) -> None:
+        self.records.warm()
 
 
 class _Writer(RegistryBlobWriter):
