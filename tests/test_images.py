@@ -335,6 +335,47 @@ def test_layer_admission_starts_a_big_layer_during_the_tail_of_another() -> None
     assert started_during_tail == [False, True]
 
 
+def test_layer_admission_lets_small_layers_wait_on_round_trips_but_bounds_big_ones() -> None:
+    """With more threads than slots, small layers past the end of their
+    source (waiting on uploads) do not hold the next ones back, while big
+    layers, whose tails hold frames, stay at most two in flight."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transcoder.codecs.constants import FRAME_SIZE
+    from transcoder.descriptor import OCI_LAYER_GZIP, Descriptor
+    from transcoder.images.convert import _Admission, _big, _weight
+
+    small = [Descriptor(OCI_LAYER_GZIP, Digest.of(bytes([i])), 1000) for i in range(4)]
+    big = [Descriptor(OCI_LAYER_GZIP, Digest.of(bytes([10 + i])), 2 * FRAME_SIZE) for i in range(4)]
+    admission = _Admission(2, big_layers=2)
+    lock = threading.Lock()
+    in_flight: dict[bool, int] = {False: 0, True: 0}
+    most: dict[bool, int] = {False: 0, True: 0}
+    all_small = threading.Barrier(4, timeout=10)  # every small layer in its tail at once
+
+    def work(x: Descriptor) -> int:
+        kind = _big(x, 2)
+        with lock:
+            in_flight[kind] += 1
+            most[kind] = max(most[kind], in_flight[kind])
+        admission.ease(x)  # its source is read: the slots go back
+        if kind:
+            time.sleep(0.05)  # the tail: last frames, commit
+        else:
+            all_small.wait()  # the tail: round trips
+        with lock:
+            in_flight[kind] -= 1
+        return 0
+
+    plan = small + big
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(admission.run, i, _weight(x, 2, 2), work, x, big=_big(x, 2))
+                   for i, x in enumerate(plan)]
+        assert [f.result(timeout=20) for f in futures] == [0] * len(plan)
+    assert most == {False: 4, True: 2}
+
+
 def test_local_image_convert_does_not_load_the_network_stack(layout: Path, tmp_path: Path) -> None:
     """Start-up is paid per run: a local image conversion imports no HTTP client,
     nor ``concurrent.futures`` and the ``logging`` it brings (transcoder.parallel)."""

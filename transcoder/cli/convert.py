@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--tag", help="image mode: name of the result (default: the source's tag)")
     p.add_argument("--platform", action="append", metavar="OS/ARCH[/VARIANT]",
                    help="image mode: only these platforms (repeatable; default all)")
-    p.add_argument("--jobs", type=int, default=2, help="image mode: layers transcoded at once (default %(default)s)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="image mode: layers transcoding at once; at most this many big ones in flight (default %(default)s)")
     p.add_argument("--no-table", action="store_true", help="do not consult or update the variant table")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     _registry_arguments(p)

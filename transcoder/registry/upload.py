@@ -12,7 +12,8 @@ registry's work per byte (distribution reopens the session per request).
 
 A blob smaller than the buffer goes in one POST then one PUT carrying the
 bytes (distribution 2.8 ignores the body of a single ``POST ?digest=``), after
-a HEAD that skips it when the registry has it already.
+a HEAD that skips it when the registry has it already (unless the writer was
+told the bytes are new).
 
 Failures: a PATCH that breaks while it is still within its first ``REPLAY``
 bytes is sent again from the offset the registry reports holding (a stale
@@ -208,11 +209,17 @@ class RegistryBlobWriter(WriterBase):
 
     hashes = False
 
-    def __init__(self, client: RegistryClient, repo: str, name: str, chunk: int = CHUNK) -> None:
+    def __init__(self, client: RegistryClient, repo: str, name: str, chunk: int = CHUNK, *,
+                 ask_first: bool = True) -> None:
+        """``ask_first``: a blob that stays under one buffer is pushed only if a
+        HEAD does not find it; False for bytes just produced (a transcode's
+        output, which the registry is not expected to hold): one round trip
+        less, and a blob that is there after all is pushed again, harmlessly."""
         super().__init__(name)
         self._client = client
         self._repo = repo
         self._chunk = chunk
+        self._ask_first = ask_first
         self._buf = bytearray()
         self._session: _Session | None = None
 
@@ -258,7 +265,7 @@ class RegistryBlobWriter(WriterBase):
         try:
             self._check(size, digest)
             if self._session is None:
-                push_blob(self._client, self._repo, bytes(self._buf), digest)
+                push_blob(self._client, self._repo, bytes(self._buf), digest, fresh=not self._ask_first)
             else:
                 if self._buf:
                     self._flush()

@@ -28,7 +28,7 @@ from typing import BinaryIO
 import httpx
 
 from ..descriptor import INDEX_TYPES, MAX_MANIFEST_BYTES, Descriptor
-from ..digest import Digest
+from ..digest import Digest, is_digest
 from ..errors import ManifestError, SinkError, TranscoderError, UsageError
 from ..parallel import Parallel
 from ..records import ImageRecord, VariantRecord
@@ -133,7 +133,10 @@ class RegistrySink:
         return self.client.open_blob(self.repository, as_digest(digest), offset, length)
 
     def blob_writer(self, media_type: str, *, key_hint: str | None = None, size_hint: int | None = None) -> RegistryBlobWriter:
-        return _Writer(self, f"{self.location}: blob {key_hint or media_type}")
+        # A caller that can name the digest up front is copying a blob that may
+        # be here already; one that cannot is writing bytes it has just made.
+        known = key_hint is not None and is_digest(key_hint)
+        return _Writer(self, f"{self.location}: blob {key_hint or media_type}", ask_first=known)
 
     def can_mount(self, source: object) -> bool:
         """True for a registry source in another repository of the same host."""
@@ -218,8 +221,8 @@ class RegistrySink:
 class _Writer(RegistryBlobWriter):
     """Marks committed blobs as present, so manifests need no HEAD for them."""
 
-    def __init__(self, sink: RegistrySink, name: str) -> None:
-        super().__init__(sink.client, sink.repository, name)
+    def __init__(self, sink: RegistrySink, name: str, *, ask_first: bool) -> None:
+        super().__init__(sink.client, sink.repository, name, ask_first=ask_first)
         self._sink = sink
 
     def commit(self, size: int, digest: Digest) -> None:
