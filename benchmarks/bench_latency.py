@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -45,8 +43,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_engine import CLI, installed_bytecode
-from benchmarks.bench_registry import BLOB_INFO_CACHE, Registry, timed
-from benchmarks.corpus import DEFAULT_WORKDIR, MANY_LAYERS, build_image, layer_info
+from benchmarks.bench_registry import BLOB_INFO_CACHE, Registry, arguments, serving, timed
+from benchmarks.corpus import MANY_LAYERS, build_image, layer_info
 from benchmarks.installed import cli_for
 from benchmarks.latencyproxy import LatencyProxy
 
@@ -107,21 +105,15 @@ def report(results: dict[float, dict[str, list[dict[str, Any]]]], out: Path | No
         out.write_text(json.dumps({str(d): by for d, by in results.items()}, indent=1))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reps", type=int, default=3)
+def _options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--delays", default="0,5,20", help="one-way delays in ms, the first the baseline "
                     "(default %(default)s)")
     ap.add_argument("--layers", default=",".join(("small", *MANY_LAYERS)),
                     help="corpus layers of the image (default %(default)s)")
-    ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="corpus cache (default %(default)s)")
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--cli", choices=("installed", "here"), default="installed",
-                    help="time this checkout pip-installed in a venv of its own (default), or run in place")
-    args = ap.parse_args()
-    for tool in ("docker-registry", "skopeo"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} not found on PATH")
+
+
+def main() -> None:
+    args = arguments(__doc__, _options)
     delays = [float(d) for d in args.delays.split(",")]
     if not delays or min(delays) < 0 or delays[0] != min(delays):
         raise SystemExit("--delays: non-negative milliseconds, the smallest first")
@@ -132,17 +124,9 @@ def main() -> None:
         layer_info(args.workdir, name)  # builds the layer if needed
     layout = build_image(args.workdir, names)
     print(f"timing {cli}; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        work = Path(tmp)
-        registry = Registry(work)
-        try:
-            subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:latest",
-                            f"docker://{registry.host}/corpus/src:gzip"], check=True)
-            results = measure(cli, registry, work, delays, args.reps)
-        finally:
-            registry.stop()
+    with serving(layout, "bench-latency-") as (registry, work):
+        results = measure(cli, registry, work, delays, args.reps)
     report(results, args.json)
-
 
 if __name__ == "__main__":
     main()

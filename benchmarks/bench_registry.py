@@ -65,6 +65,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -229,17 +231,41 @@ def rerun(cli: str, registry: Registry, src: str, dest: str, home: Path, label: 
             "statuses": statuses, "uploads": len(uploaded)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The options every registry benchmark takes (and ``extra``'s), parsed;
+    exits unless docker-registry and skopeo are on PATH."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="corpus cache (default %(default)s)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--cli", choices=("installed", "here"), default="installed",
                     help="time this checkout pip-installed in a venv of its own (default), or run in place")
+    if extra is not None:
+        extra(ap)
     args = ap.parse_args()
     for tool in ("docker-registry", "skopeo"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found on PATH")
+    return args
+
+
+@contextmanager
+def serving(layout: Path, prefix: str) -> Iterator[tuple[Registry, Path]]:
+    """A registry of our own in a new work directory, holding ``layout``'s
+    image as ``corpus/src:gzip`` (pushed by skopeo); stopped on the way out."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        registry = Registry(work)
+        try:
+            subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:latest",
+                            f"docker://{registry.host}/corpus/src:gzip"], check=True)
+            yield registry, work
+        finally:
+            registry.stop()
+
+
+def main() -> None:
+    args = arguments(__doc__)
     installed_bytecode()
     cli = cli_for(args.cli, args.workdir, CLI)
     print(f"timing {cli}", file=sys.stderr)
@@ -249,19 +275,12 @@ def main() -> None:
     layout = build_image(args.workdir, names)
     print(f"load average {os.getloadavg()[0]:.2f}; image: {len(tars)} layers, {tar_bytes / 1e6:.1f} MB of tar, "
           f"{sum(int(t['size']) for t in tars) / 1e6:.1f} MB gzip", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="bench-registry-") as tmp:
-        work = Path(tmp)
-        registry = Registry(work)
-        try:
-            subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:latest",
-                            f"docker://{registry.host}/corpus/src:gzip"], check=True)
-            results = measure(cli, registry, work, args.reps, tars)
-            results["unchanged"] = [
-                rerun(cli, registry, "corpus/src:gzip", "bench/r0-ours-add", work / "home-other", "another machine"),
-                rerun(cli, registry, "corpus/src:gzip", "bench/r0-ours-add", work / "home-r0-ours-add", "same machine"),
-            ]
-        finally:
-            registry.stop()
+    with serving(layout, "bench-registry-") as (registry, work):
+        results = measure(cli, registry, work, args.reps, tars)
+        results["unchanged"] = [
+            rerun(cli, registry, "corpus/src:gzip", "bench/r0-ours-add", work / "home-other", "another machine"),
+            rerun(cli, registry, "corpus/src:gzip", "bench/r0-ours-add", work / "home-r0-ours-add", "same machine"),
+        ]
     report(results, tar_bytes, args.json)
 
 
