@@ -415,13 +415,7 @@ def test_variant_records_are_written_to_the_sink_concurrently(tmp_path: Path) ->
     src = write_layout(tmp_path / "src", {"three": TARS[:3]})
     sink = open_sink(f"type=local,dest={tmp_path / 'store'}")
     together = threading.Barrier(3, timeout=10)
-    put_variant = sink.put_variant
-
-    def put_when_three_are_writing(rec: Any) -> None:
-        together.wait()
-        put_variant(rec)
-
-    sink.put_variant = put_when_three_are_writing  # type: ignore[method-assign]
+    sink.put_variant = _once_together(together, sink.put_variant)  # type: ignore[method-assign]
     table = VariantTable(tmp_path / "home" / "variants.db")
     result = convert_image(open_source(f"oci:{src}:three"), sink, ConvertOptions(mode="replace", table=table))
     assert [o.status for o in result.layers] == ["converted"] * 3
@@ -445,16 +439,12 @@ def test_variant_records_and_manifests_are_written_at_once(tmp_path: Path) -> No
     put_variant, put_manifest = sink.put_variant, sink.put_manifest
     first_manifest = threading.Lock()
 
-    def variant_when_all_are_writing(rec: Any) -> None:
-        together.wait()
-        put_variant(rec)
-
     def manifest_when_all_are_writing(data: bytes, media_type: str) -> Any:
         if first_manifest.acquire(blocking=False):
             together.wait()
         return put_manifest(data, media_type)
 
-    sink.put_variant = variant_when_all_are_writing  # type: ignore[method-assign]
+    sink.put_variant = _once_together(together, put_variant)  # type: ignore[method-assign]
     sink.put_manifest = manifest_when_all_are_writing  # type: ignore[method-assign]
     result = convert_image(open_source(f"oci:{src}:three"), sink, ConvertOptions(mode="replace"))
     assert [o.status for o in result.layers] == ["converted"] * 3
@@ -477,18 +467,8 @@ def test_the_image_record_is_written_beside_the_variant_records(tmp_path: Path) 
     src = write_layout(tmp_path / "src", {"three": TARS[:3]})
     sink = open_sink(f"type=local,dest={tmp_path / 'store'}")
     together = threading.Barrier(4, timeout=10)
-    put_variant, put_image = sink.put_variant, sink.put_image
-
-    def variant_when_all_are_writing(rec: Any) -> None:
-        together.wait()
-        put_variant(rec)
-
-    def image_when_all_are_writing(rec: Any) -> None:
-        together.wait()
-        put_image(rec)
-
-    sink.put_variant = variant_when_all_are_writing  # type: ignore[method-assign]
-    sink.put_image = image_when_all_are_writing  # type: ignore[method-assign]
+    sink.put_variant = _once_together(together, sink.put_variant)  # type: ignore[method-assign]
+    sink.put_image = _once_together(together, sink.put_image)  # type: ignore[method-assign]
     result = convert_image(open_source(f"oci:{src}:three"), sink, ConvertOptions(mode="replace"))
     assert [o.status for o in result.layers] == ["converted"] * 3
     assert len(sink.all_variants()) == 3  # type: ignore[attr-defined]
@@ -599,13 +579,7 @@ def test_variant_lookups_of_every_layer_go_out_at_once(tmp_path: Path) -> None:
     src = write_layout(tmp_path / "src", {"four": TARS[:4]})
     sink = open_sink(f"type=local,dest={tmp_path / 'store'}")
     together = threading.Barrier(4, timeout=10)
-    find_variants = sink.find_variants
-
-    def find_when_all_are_looking(source: Any) -> Any:
-        together.wait()
-        return find_variants(source)
-
-    sink.find_variants = find_when_all_are_looking  # type: ignore[method-assign]
+    sink.find_variants = _once_together(together, sink.find_variants)  # type: ignore[method-assign]
     result = convert_image(open_source(f"oci:{src}:four"), sink, ConvertOptions(mode="replace"))
     assert [o.status for o in result.layers] == ["converted"] * 4
 
@@ -655,3 +629,13 @@ def _layers(layout: Path, ref: str) -> list[Any]:
     from transcoder.images.source import open_source
 
     return [x for m in plan(open_source(f"oci:{layout}:{ref}"), None).manifests for x in m.manifest.layers]
+
+
+def _once_together(together: Any, fn: Any) -> Any:
+    """``fn``, called only once ``together`` (a barrier) has all its parties."""
+
+    def wrapped(*args: Any) -> Any:
+        together.wait()
+        return fn(*args)
+
+    return wrapped
