@@ -94,6 +94,31 @@ def test_multi_platform_index_and_filter(layout: Path, tmp_path: Path) -> None:
     assert [m["platform"]["architecture"] for m in doc(only, entry(only, "arm")["digest"])["manifests"]] == ["arm64"] * 2
 
 
+def test_the_platforms_of_an_index_are_read_at_once(tmp_path: Path) -> None:
+    """Each platform of an index is a manifest and a config to fetch, round
+    trips that need not wait for each other: the source below gives out a
+    platform's manifest only once all three are being asked for (a barrier,
+    not a clock), and the plan keeps the index's order."""
+    import threading
+
+    from transcoder.images.convert import plan
+    from transcoder.images.source import open_source
+
+    src = write_layout(tmp_path / "src", {"multi": {"amd64": [TARS[0]], "arm64": [TARS[1]], "s390x": [TARS[2]]}})
+    source = open_source(f"oci:{src}:multi")
+    together = threading.Barrier(3, timeout=10)
+    get_manifest = source.get_manifest
+
+    def manifest_when_all_are_asked(desc: Any) -> bytes:
+        if desc.platform is not None:  # a platform's manifest, not the index
+            together.wait()
+        return get_manifest(desc)
+
+    source.get_manifest = manifest_when_all_are_asked  # type: ignore[method-assign]
+    p = plan(source, None)
+    assert [m.desc.platform["architecture"] for m in p.manifests] == ["amd64", "arm64", "s390x"]  # type: ignore[index]
+
+
 def test_replace_mode_and_tag(layout: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     convert(layout, "app", store, "--mode", "replace", "--tag", "app-zstd")

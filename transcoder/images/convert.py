@@ -110,13 +110,18 @@ def plan(source: ImageSource, platforms: list[str] | None) -> Plan:
     # Name annotations belong to the store's index.json, not to our documents.
     root = root.replace(annotations={k: v for k, v in root.annotations.items() if k not in NAME_ANNOTATIONS})
     result = Plan(root, tag, None)
-    _visit(source, root, result, platforms, set(), 0)
+    result.manifests = _visit(source, root, result, platforms, set(), 0)
     if not result.manifests:
         raise ManifestError(f"{source.name}: no manifest matches platform {platforms}")
     return result
 
 
-def _visit(source: ImageSource, desc: Descriptor, out: Plan, platforms: list[str] | None, seen: set[Digest], depth: int) -> None:
+def _visit(source: ImageSource, desc: Descriptor, out: Plan, platforms: list[str] | None, seen: set[Digest],
+           depth: int) -> list[Platformed]:
+    """The manifests under ``desc`` that match ``platforms``, in index order.
+    The root index's children are read at once: each is a manifest and a
+    config to fetch, round trips that need not wait for each other (a
+    multi-platform image has a dozen)."""
     if desc.digest in seen or depth > MAX_DEPTH:
         raise ManifestError(f"{source.name}: index {desc.digest} refers to itself (or nests too deep)")
     seen = seen | {desc.digest}
@@ -125,15 +130,19 @@ def _visit(source: ImageSource, desc: Descriptor, out: Plan, platforms: list[str
     if isinstance(doc, Index):
         if depth == 0:
             out.index = doc
-        for child in doc.manifests:
-            if child.media_type in INDEX_TYPES or matches_platform(child.platform, platforms) or child.platform is None:
-                _visit(source, child, out, platforms, seen, depth + 1)
-        return
+        children = [c for c in doc.manifests
+                    if c.media_type in INDEX_TYPES or matches_platform(c.platform, platforms) or c.platform is None]
+        def visit(child: Descriptor) -> list[Platformed]:
+            return _visit(source, child, out, platforms, seen, depth + 1)
+
+        # Nested indexes are read in turn, so the threads stay bounded.
+        found = each(visit, children, LIGHT_THREADS, "manifest") if depth == 0 else [visit(c) for c in children]
+        return [m for ms in found for m in ms]
     config = read_blob_verified(source, doc.config, f"{source.name}: config {doc.config.digest}")
     platform = desc.platform or platform_of_config(config, f"{source.name}: config {doc.config.digest}")
     if not matches_platform(platform, platforms):
-        return
-    out.manifests.append(Platformed(desc.replace(platform=platform or None), doc, raw, config))
+        return []
+    return [Platformed(desc.replace(platform=platform or None), doc, raw, config)]
 
 
 @dataclass
