@@ -16,8 +16,8 @@ of 0, 10 and 40 ms), in an order that rotates between repetitions:
    with a new variant table;
 2. ``ours rerun``: the same again, from another machine (a new variant
    table): every layer is found in the registry's records;
-3. ``skopeo``: ``skopeo copy --dest-compress-format zstd`` of the same image
-   (its blob-info cache removed first).
+3. ``skopeo``: ``skopeo copy --all --dest-compress-format zstd`` of the same
+   image, every platform (its blob-info cache removed first).
 
 Printed: each run's median wall time and requests (from the registry's
 access log), and the round trips on its critical path: the wall time a
@@ -25,7 +25,8 @@ round trip adds, (wall at this delay - wall at no delay) / round trip.
 
 The image has six small layers by default (``--layers``: ``small`` and the
 corpus's ``MANY_LAYERS``, 8 MiB of files each), so the requests, not the
-bytes, make the time. Run from the repository:
+bytes, make the time; with ``--platforms K`` it is an index of K platforms,
+the layers dealt out among them. Run from the repository:
 ``python benchmarks/bench_latency.py [--reps 3] [--delays 0,5,20]``.
 """
 
@@ -44,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_engine import CLI, installed_bytecode
 from benchmarks.bench_registry import BLOB_INFO_CACHE, Registry, arguments, serving, timed
-from benchmarks.corpus import MANY_LAYERS, build_image, layer_info
+from benchmarks.corpus import MANY_LAYERS, build_image, build_index_image, layer_info
 from benchmarks.installed import cli_for
 from benchmarks.latencyproxy import LatencyProxy
 
@@ -57,7 +58,7 @@ def one_run(kind: str, cli: str, registry: Registry, host: str, dest: str, work:
     src = f"docker://{host}/corpus/src:gzip"
     if kind == "skopeo":
         BLOB_INFO_CACHE.unlink(missing_ok=True)
-        argv = ["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
+        argv = ["skopeo", "copy", "-q", "--all", "--src-tls-verify=false", "--dest-tls-verify=false",
                 "--dest-compress-format", "zstd", src, f"docker://{host}/{dest}-skopeo:v1"]
         env = None
     else:
@@ -110,6 +111,8 @@ def _options(ap: argparse.ArgumentParser) -> None:
                     "(default %(default)s)")
     ap.add_argument("--layers", default=",".join(("small", *MANY_LAYERS)),
                     help="corpus layers of the image (default %(default)s)")
+    ap.add_argument("--platforms", type=int, default=1,
+                    help="more than 1: an index of this many platforms, the layers dealt out among them")
 
 
 def main() -> None:
@@ -122,7 +125,8 @@ def main() -> None:
     names = tuple(args.layers.split(","))
     for name in names:
         layer_info(args.workdir, name)  # builds the layer if needed
-    layout = build_image(args.workdir, names)
+    layout = build_image(args.workdir, names) if args.platforms <= 1 else \
+        build_index_image(args.workdir, names, args.platforms)
     print(f"timing {cli}; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
     with serving(layout, "bench-latency-") as (registry, work):
         results = measure(cli, registry, work, delays, args.reps)

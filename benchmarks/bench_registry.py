@@ -257,7 +257,7 @@ def serving(layout: Path, prefix: str) -> Iterator[tuple[Registry, Path]]:
         work = Path(tmp)
         registry = Registry(work)
         try:
-            subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:latest",
+            subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{layout}:latest",
                             f"docker://{registry.host}/corpus/src:gzip"], check=True)
             yield registry, work
         finally:

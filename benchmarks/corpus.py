@@ -49,6 +49,7 @@ MANY_LAYERS: dict[str, tuple[str, int | None, tuple[str, ...]]] = {
 }
 GZIP_LEVEL = "-6"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
@@ -205,6 +206,45 @@ def build_image(
     mdigest, msize = _put_blob(tmp, _canonical(manifest))
     index = {"schemaVersion": 2, "manifests": [{
         "mediaType": OCI_MANIFEST, "digest": mdigest, "size": msize,
+        "annotations": {"org.opencontainers.image.ref.name": tag}}]}
+    (tmp / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (tmp / "index.json").write_bytes(_canonical(index))
+    os.replace(tmp, layout)
+    return layout
+
+
+def build_index_image(workdir: str | os.PathLike[str], names: tuple[str, ...], platforms: int,
+                      tag: str = "latest") -> Path:
+    """An OCI image layout holding one image index of ``platforms`` images
+    (architectures amd64, arm64, ...), the layers dealt out among them in
+    turn, each image with its own config. Returns the layout directory."""
+    arches = ("amd64", "arm64", "s390x", "ppc64le", "riscv64", "386", "mips64le", "arm")[:platforms]
+    if len(arches) < platforms or len(names) < platforms:
+        raise SystemExit(f"{platforms} platforms: at most {min(8, len(names))} for {len(names)} layers")
+    workdir = Path(workdir)
+    layout = workdir / f"index{platforms}-{'-'.join(names)}"
+    if (layout / "index.json").exists():
+        return layout
+    tmp = layout.with_name(layout.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    children = []
+    for k, arch in enumerate(arches):
+        infos = [layer_info(workdir, n) for n in names[k::platforms]]
+        layers = []
+        for info in infos:
+            digest, size = _put_blob(tmp, source=Path(str(info["path"])))
+            layers.append({"mediaType": OCI_LAYER_GZIP, "digest": digest, "size": size})
+        config = {"architecture": arch, "os": "linux", "config": {},
+                  "rootfs": {"type": "layers", "diff_ids": [i["diff_id"] for i in infos]}}
+        cdigest, csize = _put_blob(tmp, _canonical(config))
+        manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                    "config": {"mediaType": OCI_CONFIG, "digest": cdigest, "size": csize}, "layers": layers}
+        mdigest, msize = _put_blob(tmp, _canonical(manifest))
+        children.append({"mediaType": OCI_MANIFEST, "digest": mdigest, "size": msize,
+                         "platform": {"architecture": arch, "os": "linux"}})
+    idigest, isize = _put_blob(tmp, _canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children}))
+    index = {"schemaVersion": 2, "manifests": [{
+        "mediaType": OCI_INDEX, "digest": idigest, "size": isize,
         "annotations": {"org.opencontainers.image.ref.name": tag}}]}
     (tmp / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
     (tmp / "index.json").write_bytes(_canonical(index))
