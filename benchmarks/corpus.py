@@ -24,7 +24,7 @@ import stat
 import subprocess
 import sysconfig
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +176,39 @@ def _canonical(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _put_image(tmp: Path, infos: list[dict[str, Any]], arch: str) -> tuple[str, int]:
+    """One linux/``arch`` image of these layers into the layout being built:
+    its layer blobs (hard links), config and manifest; the manifest's digest and size."""
+    layers = []
+    for info in infos:
+        digest, size = _put_blob(tmp, source=Path(str(info["path"])))
+        layers.append({"mediaType": OCI_LAYER_GZIP, "digest": digest, "size": size})
+    config = {"architecture": arch, "os": "linux", "config": {},
+              "rootfs": {"type": "layers", "diff_ids": [i["diff_id"] for i in infos]}}
+    cdigest, csize = _put_blob(tmp, _canonical(config))
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": cdigest, "size": csize}, "layers": layers}
+    return _put_blob(tmp, _canonical(manifest))
+
+
+def _build_layout(layout: Path, root: Callable[[Path], tuple[str, str, int]], tag: str) -> Path:
+    """``layout``, unless built already: ``root(tmp)`` writes the blobs into a
+    temporary directory and names the root (media type, digest, size), which
+    ``index.json`` tags; then the directory takes its place."""
+    if (layout / "index.json").exists():
+        return layout
+    tmp = layout.with_name(layout.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    media_type, digest, size = root(tmp)
+    index = {"schemaVersion": 2, "manifests": [{
+        "mediaType": media_type, "digest": digest, "size": size,
+        "annotations": {"org.opencontainers.image.ref.name": tag}}]}
+    (tmp / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (tmp / "index.json").write_bytes(_canonical(index))
+    os.replace(tmp, layout)
+    return layout
+
+
 def build_image(
     workdir: str | os.PathLike[str] = DEFAULT_WORKDIR, names: tuple[str, ...] = tuple(LAYERS), tag: str = "latest",
     dirname: str | None = None,
@@ -186,31 +219,11 @@ def build_image(
     directory; the image is ``oci:<dir>:<tag>``.
     """
     workdir = Path(workdir)
-    layout = workdir / (dirname or "image-" + "-".join(names))
-    if (layout / "index.json").exists():
-        return layout
-    infos = [layer_info(workdir, n) for n in names]
-    tmp = layout.with_name(layout.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    layers = []
-    for info in infos:
-        digest, size = _put_blob(tmp, source=Path(str(info["path"])))
-        layers.append({"mediaType": OCI_LAYER_GZIP, "digest": digest, "size": size})
-    config = {
-        "architecture": "amd64", "os": "linux", "config": {},
-        "rootfs": {"type": "layers", "diff_ids": [i["diff_id"] for i in infos]},
-    }
-    cdigest, csize = _put_blob(tmp, _canonical(config))
-    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": cdigest, "size": csize}, "layers": layers}
-    mdigest, msize = _put_blob(tmp, _canonical(manifest))
-    index = {"schemaVersion": 2, "manifests": [{
-        "mediaType": OCI_MANIFEST, "digest": mdigest, "size": msize,
-        "annotations": {"org.opencontainers.image.ref.name": tag}}]}
-    (tmp / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    (tmp / "index.json").write_bytes(_canonical(index))
-    os.replace(tmp, layout)
-    return layout
+
+    def root(tmp: Path) -> tuple[str, str, int]:
+        return (OCI_MANIFEST, *_put_image(tmp, [layer_info(workdir, n) for n in names], "amd64"))
+
+    return _build_layout(workdir / (dirname or "image-" + "-".join(names)), root, tag)
 
 
 def build_index_image(workdir: str | os.PathLike[str], names: tuple[str, ...], platforms: int,
@@ -222,34 +235,17 @@ def build_index_image(workdir: str | os.PathLike[str], names: tuple[str, ...], p
     if len(arches) < platforms or len(names) < platforms:
         raise SystemExit(f"{platforms} platforms: at most {min(8, len(names))} for {len(names)} layers")
     workdir = Path(workdir)
-    layout = workdir / f"index{platforms}-{'-'.join(names)}"
-    if (layout / "index.json").exists():
-        return layout
-    tmp = layout.with_name(layout.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    children = []
-    for k, arch in enumerate(arches):
-        infos = [layer_info(workdir, n) for n in names[k::platforms]]
-        layers = []
-        for info in infos:
-            digest, size = _put_blob(tmp, source=Path(str(info["path"])))
-            layers.append({"mediaType": OCI_LAYER_GZIP, "digest": digest, "size": size})
-        config = {"architecture": arch, "os": "linux", "config": {},
-                  "rootfs": {"type": "layers", "diff_ids": [i["diff_id"] for i in infos]}}
-        cdigest, csize = _put_blob(tmp, _canonical(config))
-        manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                    "config": {"mediaType": OCI_CONFIG, "digest": cdigest, "size": csize}, "layers": layers}
-        mdigest, msize = _put_blob(tmp, _canonical(manifest))
-        children.append({"mediaType": OCI_MANIFEST, "digest": mdigest, "size": msize,
-                         "platform": {"architecture": arch, "os": "linux"}})
-    idigest, isize = _put_blob(tmp, _canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children}))
-    index = {"schemaVersion": 2, "manifests": [{
-        "mediaType": OCI_INDEX, "digest": idigest, "size": isize,
-        "annotations": {"org.opencontainers.image.ref.name": tag}}]}
-    (tmp / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    (tmp / "index.json").write_bytes(_canonical(index))
-    os.replace(tmp, layout)
-    return layout
+
+    def root(tmp: Path) -> tuple[str, str, int]:
+        children = []
+        for k, arch in enumerate(arches):
+            digest, size = _put_image(tmp, [layer_info(workdir, n) for n in names[k::platforms]], arch)
+            children.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": size,
+                             "platform": {"architecture": arch, "os": "linux"}})
+        index = _canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children})
+        return (OCI_INDEX, *_put_blob(tmp, index))
+
+    return _build_layout(workdir / f"index{platforms}-{'-'.join(names)}", root, tag)
 
 
 def main() -> None:
