@@ -119,6 +119,33 @@ def test_the_platforms_of_an_index_are_read_at_once(tmp_path: Path) -> None:
     assert [m.desc.platform["architecture"] for m in p.manifests] == ["amd64", "arm64", "s390x"]  # type: ignore[index]
 
 
+def test_the_platforms_manifests_are_pushed_at_once_and_the_index_last(tmp_path: Path) -> None:
+    """Each platform's manifest names only blobs already stored, so they go
+    out together: the sink below takes one only once all three are being
+    pushed (a barrier, not a clock), and the index only after them."""
+    import threading
+
+    from transcoder.images.convert import ConvertOptions, convert_image
+    from transcoder.images.source import open_source
+    from transcoder.sinks import open_sink
+
+    src = write_layout(tmp_path / "src", {"multi": {"amd64": [TARS[0]], "arm64": [TARS[1]], "s390x": [TARS[2]]}})
+    sink = open_sink(f"type=local,dest={tmp_path / 'store'}")
+    together = threading.Barrier(3, timeout=10)
+    put_manifest = sink.put_manifest
+    pushed: list[str] = []
+
+    def manifest_when_all_are_pushed(data: bytes, media_type: str) -> Any:
+        if media_type == OCI_MANIFEST:
+            together.wait()
+        pushed.append(media_type)
+        return put_manifest(data, media_type)
+
+    sink.put_manifest = manifest_when_all_are_pushed  # type: ignore[method-assign]
+    result = convert_image(open_source(f"oci:{src}:multi"), sink, ConvertOptions(mode="replace"))
+    assert pushed == [OCI_MANIFEST] * 3 + [result.root.media_type] and result.root.media_type != OCI_MANIFEST
+
+
 def test_replace_mode_and_tag(layout: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     convert(layout, "app", store, "--mode", "replace", "--tag", "app-zstd")

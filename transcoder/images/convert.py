@@ -188,7 +188,8 @@ def _put_configs(sink: Sink, p: Plan) -> Parallel[Platformed, Descriptor]:
     leaves configs as they are, so they are known from the start). On a
     registry each is a HEAD, a POST and a PUT, which were three of the round
     trips after the last layer, when both cores wait."""
-    return Parallel(lambda m: put_bytes(sink, m.config, m.manifest.config.media_type), p.manifests, 2, "config")
+    return Parallel(lambda m: put_bytes(sink, m.config, m.manifest.config.media_type), p.manifests, LIGHT_THREADS,
+                    "config")
 
 
 def _join_quietly(writes: Parallel[Any, Any]) -> None:
@@ -219,8 +220,10 @@ def _write_outputs(job: LayerJob, p: Plan, outcomes: dict[Digest, LayerOutcome],
         if isinstance(job.sink, RecordStager):
             with contextlib.suppress(SinkError):  # best effort: put_image pushes it again and reports
                 job.sink.stage_image(image)
-        for data, media_type in pushes:
-            job.sink.put_manifest(data, media_type)
+        # The platforms' manifests name only blobs already stored: all at once;
+        # the root (an index, when there are several) once they are in.
+        each(lambda push: job.sink.put_manifest(*push), pushes[:-1], LIGHT_THREADS, "manifest")
+        job.sink.put_manifest(*pushes[-1])
         job.sink.put_image(image)
     except BaseException:
         writes.join()
@@ -349,8 +352,8 @@ def _zstd_manifest(m: Platformed, outcomes: dict[Digest, LayerOutcome]) -> tuple
 
 
 def _manifests(p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str) -> tuple[list[tuple[bytes, str]], Descriptor]:
-    """The manifests to push, each after what it points to (configs are in the
-    sink already: _put_configs), and the root's descriptor."""
+    """The manifests to push, the root last (the others name only blobs, and
+    configs are in the sink already: _put_configs), and the root's descriptor."""
     pushes: list[tuple[bytes, str]] = []
     entries: list[Descriptor] = []
     for m in p.manifests:
