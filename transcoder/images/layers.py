@@ -84,10 +84,8 @@ class LayerJob:
     # left (the last frames, the commit) no longer needs every core.
     source_read: Callable[[Descriptor], None] | None = None
 
-    def run(self, layer: Descriptor) -> LayerOutcome:
-        """The whole job for one layer: carried as is, a known variant reused, or transcoded."""
-        found = self.lookup(layer)
-        return self.convert(layer) if self.needs_transcode(layer, found) else self.finish(layer, found)
+    # One layer's job, in the steps convert._run_layers spreads over threads:
+    # lookup, then convert when needs_transcode, else finish.
 
     @staticmethod
     def transcodes(layer: Descriptor) -> bool:
