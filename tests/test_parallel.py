@@ -63,3 +63,28 @@ def test_no_items_no_threads() -> None:
     before = threading.active_count()
     assert each(lambda n: n, [], 4, "t") == []
     assert threading.active_count() == before
+
+
+def test_ahead_gives_a_started_result_once_and_redoes_a_failed_one() -> None:
+    from transcoder.errors import TransientError
+    from transcoder.parallel import Ahead
+
+    calls: list[str] = []
+
+    def call(tag: str, fail: bool = False) -> str:
+        calls.append(tag)
+        if fail:
+            raise TransientError(tag)
+        return tag
+
+    ahead: Ahead[str, str] = Ahead("test", TransientError)
+    ahead.start("a", lambda: call("ahead"))
+    ahead.start("a", lambda: call("twice"))  # one call per key while it is pending
+    assert ahead.take("a", lambda: call("now")) == "ahead"
+    assert ahead.take("a", lambda: call("now")) == "now"  # taken once: asked again
+    ahead.start("b", lambda: call("broken", fail=True))
+    assert ahead.take("b", lambda: call("redone")) == "redone"
+    assert calls == ["ahead", "now", "broken", "redone"]
+    ahead.start("c", lambda: 1 / 0)  # type: ignore[arg-type,return-value]
+    with pytest.raises(ZeroDivisionError):
+        ahead.take("c", lambda: call("never"))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K")
 R = TypeVar("R")
 
 
@@ -64,9 +65,39 @@ class Parallel(Generic[T, R]):
         return [result for result, _ in outcomes]  # type: ignore[misc]  # every call returned
 
 
+class Ahead(Generic[K, R]):
+    """Calls started before their result is needed, each on a thread of its
+    own and keyed, so a later step that wants the result takes it instead of
+    waiting a round trip. A result is taken once; one whose call failed with
+    ``redo`` is made again by the taker, which then reports what fails."""
+
+    def __init__(self, name: str, redo: type[BaseException]) -> None:
+        self._name = name
+        self._redo = redo
+        self._calls: dict[K, Parallel[None, R]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, key: K, fn: Callable[[], R]) -> None:
+        """Start ``fn`` for ``key`` unless a call for it is already under way."""
+        with self._lock:
+            if key not in self._calls:
+                self._calls[key] = Parallel(lambda _: fn(), [None], 1, self._name)
+
+    def take(self, key: K, fn: Callable[[], R]) -> R:
+        """The result of the call started for ``key``, else ``fn()`` now."""
+        with self._lock:
+            call = self._calls.pop(key, None)
+        if call is not None:
+            try:
+                return call.join()[0]
+            except self._redo:
+                pass
+        return fn()
+
+
 def each(fn: Callable[[T], R], items: Sequence[T], threads: int, name: str) -> list[R]:
     """``Parallel(...).join()``: the results in item order, or the first error in item order."""
     return Parallel(fn, items, threads, name).join()
 
 
-__all__ = ["Parallel", "each"]
+__all__ = ["Ahead", "Parallel", "each"]

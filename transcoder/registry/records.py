@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ..descriptor import OCI_MANIFEST, Descriptor
 from ..digest import Digest
 from ..errors import InputError, ManifestError, NotFound, SinkError, TranscoderError
-from ..parallel import Parallel
+from ..parallel import Ahead, Parallel
 from ..records import ImageRecord, VariantRecord
 from . import images as img
 from . import variants as var
@@ -43,7 +43,7 @@ class RepositoryRecords:
         self.where = where
         self._target_named = target_named
         self._tags: set[str] | None = None  # listed once for variant lookups, then kept up to date
-        self._staged: dict[Digest, Parallel[bytes, Descriptor]] = {}  # record blob pushes ahead of their tags
+        self._staged: Ahead[Digest, Descriptor] = Ahead("record-blob", TranscoderError)  # pushed ahead of their tags
         self._lock = threading.Lock()
 
     # -- tags --------------------------------------------------------------------
@@ -81,22 +81,11 @@ class RepositoryRecords:
 
     def _stage(self, body: bytes, media_type: str) -> None:
         """Start pushing a record blob on a thread of its own; nothing points to it yet."""
-        digest = Digest.of(body)
-        with self._lock:
-            if digest not in self._staged:
-                self._staged[digest] = Parallel(lambda b: self._push_record_blob(b, media_type), [body], 1,
-                                                "record-blob")
+        self._staged.start(Digest.of(body), lambda: self._push_record_blob(body, media_type))
 
     def _record_blob(self, body: bytes, media_type: str) -> Descriptor:
         """The record blob, in the repository: its staged push's, else pushed now."""
-        with self._lock:
-            staged = self._staged.pop(Digest.of(body), None)
-        if staged is not None:
-            try:
-                return staged.join()[0]
-            except TranscoderError:
-                pass  # pushed once more below, which reports a lasting failure
-        return self._push_record_blob(body, media_type)
+        return self._staged.take(Digest.of(body), lambda: self._push_record_blob(body, media_type))
 
     # -- variants -------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ whatever the registry itself checks.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 from typing import BinaryIO
@@ -30,7 +29,7 @@ import httpx
 from ..descriptor import INDEX_TYPES, MAX_MANIFEST_BYTES, Descriptor
 from ..digest import Digest, is_digest
 from ..errors import ManifestError, SinkError, TranscoderError, UsageError
-from ..parallel import Parallel
+from ..parallel import Ahead
 from ..records import ImageRecord, VariantRecord
 from ..registry.client import RegistryClient
 from ..registry.credentials import Credentials
@@ -67,7 +66,7 @@ class RegistrySink:
         self._present: set[Digest] = set()  # blobs and manifests known to be in the repository
         self._pushed: dict[Digest, bytes] = {}  # manifests pushed by this sink, for put_image
         self._lock = threading.Lock()
-        self._stats: dict[Digest, Parallel[Digest, int | None]] = {}  # HEADs asked ahead, each answer used once
+        self._stats: Ahead[Digest, int | None] = Ahead("blob-stat", TranscoderError)  # HEADs asked ahead
         self.records = RepositoryRecords(self.client, repository, self.get_manifest, self.location,
                                          target_named=self._stat_ahead)
 
@@ -109,12 +108,7 @@ class RegistrySink:
 
     def stat_blob(self, digest: Digest | str) -> int | None:
         digest = as_digest(digest)
-        with self._lock:
-            ahead = self._stats.pop(digest, None)
-        if ahead is not None:
-            with contextlib.suppress(TranscoderError):  # asked again below, which reports the failure
-                return ahead.join()[0]
-        return self._head(digest)
+        return self._stats.take(digest, lambda: self._head(digest))
 
     def _head(self, digest: Digest) -> int | None:
         size = self.client.head_blob(self.repository, digest)
@@ -125,9 +119,7 @@ class RegistrySink:
     def _stat_ahead(self, digest: Digest) -> None:
         """Start the HEAD that a lookup will want once it has read the record
         naming ``digest``, so the two round trips overlap."""
-        with self._lock:
-            if digest not in self._stats:
-                self._stats[digest] = Parallel(self._head, [digest], 1, "blob-stat")
+        self._stats.start(digest, lambda: self._head(digest))
 
     def open_blob(self, digest: Digest | str, offset: int = 0, length: int | None = None) -> BinaryIO:
         return self.client.open_blob(self.repository, as_digest(digest), offset, length)
