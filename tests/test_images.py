@@ -400,7 +400,7 @@ def test_layer_admission_lets_small_layers_wait_on_round_trips_but_bounds_big_on
 
     small = [Descriptor(OCI_LAYER_GZIP, Digest.of(bytes([i])), 1000) for i in range(4)]
     big = [Descriptor(OCI_LAYER_GZIP, Digest.of(bytes([10 + i])), 2 * FRAME_SIZE) for i in range(4)]
-    admission = _Admission(2, big_layers=2)
+    admission = _Admission(2)
     lock = threading.Lock()
     in_flight: dict[bool, int] = {False: 0, True: 0}
     most: dict[bool, int] = {False: 0, True: 0}

@@ -132,6 +132,7 @@ def _visit(source: ImageSource, desc: Descriptor, out: Plan, platforms: list[str
             out.index = doc
         children = [c for c in doc.manifests
                     if c.media_type in INDEX_TYPES or matches_platform(c.platform, platforms) or c.platform is None]
+
         def visit(child: Descriptor) -> list[Platformed]:
             return _visit(source, child, out, platforms, seen, depth + 1)
 
@@ -262,7 +263,7 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int) -> dict[Digest, LayerOutcome]
     # decode thread is one more), so cores are not oversubscribed while
     # several run and the last layer alone still gets them all.
     workers = job.workers or default_workers()
-    admission = _Admission(max(1, jobs), big_layers=max(1, jobs))
+    admission = _Admission(max(1, jobs))
     with EncoderThreads(max(0, workers - 1) if heavy else 0) as threads:
         job = dataclasses.replace(job, threads=threads, source_read=admission.ease)
 
@@ -274,13 +275,14 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int) -> dict[Digest, LayerOutcome]
         heavy_runs = Parallel(convert, list(enumerate(heavy)), max(1, jobs) + TAIL_THREADS, "layer")
         settled = dict(zip(light, light_runs.outcomes(), strict=True))
         settled.update(zip(heavy, heavy_runs.outcomes(), strict=True))
-    outcomes = []
-    for i in range(len(layers)):
+    done: dict[Digest, LayerOutcome] = {}
+    for i, x in enumerate(layers):
         outcome, error = settled[i]
         if error is not None:
             raise error
-        outcomes.append(outcome)
-    return {x.digest: o for x, o in zip(layers, outcomes, strict=True) if o is not None}
+        assert outcome is not None  # a call without an error returned one
+        done[x.digest] = outcome
+    return done
 
 
 def _weight(layer: Descriptor, workers: int, jobs: int) -> int:
@@ -305,12 +307,12 @@ class _Admission:
     layer, big or small, starts decoding meanwhile. Its frames queue behind
     the tail's on the shared compressing threads, so the cores are shared, not
     oversubscribed. Big layers (see ``_big``) also count until they end, at
-    most ``big_layers`` at once: their tails hold frames, so memory stays
-    bounded however many small layers the pool lets wait on round trips."""
+    most ``slots`` at once: their tails hold frames, so memory stays bounded
+    however many small layers the pool lets wait on round trips."""
 
-    def __init__(self, slots: int, big_layers: int | None = None) -> None:
+    def __init__(self, slots: int) -> None:
         self._free = slots
-        self._big_free = big_layers if big_layers is not None else slots
+        self._big_free = slots  # big layers in flight, tails included, at most as many as slots
         self._next = 0  # the plan position admitted next
         self._cond = threading.Condition()
         self._held: dict[Digest, int] = {}  # slots each running, uneased layer holds
@@ -371,6 +373,8 @@ def _manifests(p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str) -> tupl
     index = canonical_json(build_index(entries, p.index))
     pushes.append((index, OCI_INDEX))
     return pushes, Descriptor(OCI_INDEX, Digest.of(index), len(index))
+
+
 def describe(result: ImageResult) -> list[str]:
     lines = []
     for o in result.layers:
