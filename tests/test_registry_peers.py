@@ -362,6 +362,77 @@ def test_an_image_record_is_staged_before_its_root_is_pushed(sink: RegistrySink)
     other.close()
 
 
+def test_records_go_up_beside_the_last_layers_commit(registry: Any, tmp_path: Path) -> None:
+    """Once a transcode is verified, before its output is committed, its
+    variant record's blob is staged, and so is the image record's once every
+    layer's output is known: their pushes overlap the registry's check of the
+    upload, and after it only the manifests and tags remain. The sink below
+    commits a zstd layer only once both have been staged (one layer: the
+    last)."""
+    src = write_layout(tmp_path / "one", {"one": [TARS[2]]})
+    sink = RegistrySink(registry.host, repo_name(), tag="v1", mode="replace")
+    staged = {"variant": threading.Event(), "image": threading.Event()}
+    stage_variant, stage_image, blob_writer = sink.stage_variant, sink.stage_image, sink.blob_writer
+
+    def variant_and_tell(rec: VariantRecord) -> None:
+        staged["variant"].set()
+        stage_variant(rec)
+
+    def image_and_tell(rec: ImageRecord) -> None:
+        staged["image"].set()
+        stage_image(rec)
+
+    def committing_once_staged(media_type: str, **hints: Any) -> Any:
+        writer = blob_writer(media_type, **hints)
+        if media_type == OCI_LAYER_ZSTD:
+            commit = writer.commit
+
+            def gated(size: int, digest: Digest) -> None:
+                for what, event in staged.items():
+                    assert event.wait(10), f"the {what} record was staged only after the layer's commit"
+                commit(size, digest)
+
+            writer.commit = gated
+        return writer
+
+    sink.stage_variant = variant_and_tell  # type: ignore[method-assign]
+    sink.stage_image = image_and_tell  # type: ignore[method-assign]
+    sink.blob_writer = committing_once_staged  # type: ignore[method-assign]
+    result = convert_image(open_source(f"oci:{src}:one"), sink, ConvertOptions(mode="replace", tag="v1"))
+    sink.close()
+    (layer,) = result.layers
+    reader = RegistrySink(registry.host, sink.repository)
+    assert reader.images()["v1"].root == result.root
+    assert [r.target for r in reader.find_variants(layer.source.digest)] == [layer.target]
+    assert reader.client.head_manifest(sink.repository, "v1") == result.root
+    reader.close()
+
+
+def test_a_settle_lists_the_tags_beside_the_records_own_tag(sink: RegistrySink) -> None:
+    """put_image pushes the record's tag and, at the same time, the settling's
+    first listing, which counts the record in: one round trip less between
+    the root and the image's tag. The client below answers the record's tag
+    only once a listing has begun."""
+    _, root = _other_image(sink, 10)
+    listing = threading.Event()
+    list_tags, put_manifest = sink.client.list_tags, sink.client.put_manifest
+
+    def list_and_tell(repo: str) -> list[str]:
+        listing.set()
+        return list_tags(repo)
+
+    def put_once_listing(repo: str, ref: Any, data: bytes, media_type: str) -> Digest:
+        if ".image-" in str(ref):
+            assert listing.wait(10), "the tags were listed only after the record's tag was pushed"
+        return put_manifest(repo, ref, data, media_type)
+
+    sink.client.list_tags = list_and_tell  # type: ignore[method-assign]
+    sink.client.put_manifest = put_once_listing  # type: ignore[method-assign]
+    sink.put_image(ImageRecord("beside", root))
+    assert sink.client.head_manifest(sink.repository, "beside") == root
+    assert RegistrySink(sink.host, sink.repository).images()["beside"].root == root
+
+
 def test_warming_lists_the_tags_once_for_every_lookup(sink: RegistrySink) -> None:
     """warm_lookups lists the repository's tags on a thread of its own (a
     conversion starts it before reading the source); lookups then make no

@@ -18,6 +18,7 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -30,10 +31,13 @@ from .errors import DigestMismatch, SizeLimitExceeded, SizeMismatch
 from .hashing import new_sha256
 from .writers import BlobWriter, StreamDigest
 
-__all__ = ["DecodeResult", "Progress", "TranscodeResult", "decode_stream", "default_workers",
+__all__ = ["DecodeResult", "Progress", "TranscodeResult", "Verified", "decode_stream", "default_workers",
            "transcode_stream"]
 
 MEDIA_TYPES = {Format.GZIP: OCI_LAYER_GZIP, Format.ZSTD: OCI_LAYER_ZSTD, Format.TAR: OCI_LAYER_TAR}
+
+# Told (source, diffID, output) once a transcode is verified, before its commit.
+Verified = Callable[[Descriptor, Digest, Descriptor], None]
 
 
 def default_workers() -> int:
@@ -90,6 +94,7 @@ def transcode_stream(
     progress: Progress | None = None,
     tee: BlobWriter | None = None,
     threads: EncoderThreads | None = None,
+    on_verified: Verified | None = None,
 ) -> TranscodeResult:
     """Transcode one layer blob to zstd; commit to ``writer`` only if all checks pass.
 
@@ -99,8 +104,12 @@ def transcode_stream(
     source bytes as they are read and is committed under the source digest,
     so a sink can keep the canonical blob without a second read. ``threads``,
     if given, are compressing threads shared with other transcodes running at
-    once (then ``workers`` only sizes this one's frames in flight). Always
-    either commits or aborts every writer, even on error or interrupt.
+    once (then ``workers`` only sizes this one's frames in flight).
+    ``on_verified``, if given, is told the source, the diffID and the output
+    once every check has passed, just before the output is committed: a
+    caller can start what follows from them (records to push) while the
+    commit's round trip runs. Always either commits or aborts every writer,
+    even on error or interrupt.
     """
     params = params or ZstdParams()
     started = time.perf_counter()
@@ -118,6 +127,8 @@ def transcode_stream(
             target, diff_id = _write_frames(pool, writer, src.digest)
             thread.join()
             source_digest = _check_source(src, name, expect, expect_size)
+            if on_verified is not None:
+                on_verified(Descriptor(MEDIA_TYPES[info.fmt], source_digest, src.size), diff_id, target)
             writer.commit(target.size, target.digest)
             if tee is not None:
                 tee.commit(src.size, source_digest)

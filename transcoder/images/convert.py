@@ -170,16 +170,18 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
     name = opts.tag or p.tag
     if not name:
         raise UsageError(f"{source.name}: the image has no tag; name the result with --tag")
-    job = LayerJob(source, sink, opts.params, opts.mode == "add", opts.table, opts.workers, opts.max_size, opts.progress)
+    early = _EarlyImage(sink, p, opts.mode, name) if isinstance(sink, RecordStager) else None
+    job = LayerJob(source, sink, opts.params, opts.mode == "add", opts.table, opts.workers, opts.max_size, opts.progress,
+                   target_known=early.known if early else None)
     _check_layers_present(source, p)
     configs = _put_configs(sink, p)
     try:
-        outcomes = _run_layers(job, p, opts.jobs)
+        outcomes = _run_layers(job, p, opts.jobs, early)
     except BaseException:
         _join_quietly(configs)
         raise
     configs.join()
-    root = _write_outputs(job, p, outcomes, opts.mode, name)
+    root = _write_outputs(job, p, outcomes, opts.mode, name, early)
     layers = [outcomes[d] for d in dict.fromkeys(x.digest for m in p.manifests for x in m.manifest.layers)]
     return ImageResult(name, p.root, root, opts.mode, layers, time.perf_counter() - started)
 
@@ -199,7 +201,42 @@ def _join_quietly(writes: Parallel[Any, Any]) -> None:
         writes.join()
 
 
-def _write_outputs(job: LayerJob, p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str, name: str) -> Descriptor:
+class _EarlyImage:
+    """The image record of a sink that stages records (a registry), made and
+    staged as soon as every layer's output is known: a reused or carried
+    layer's from its lookup, a transcoded one's once it is verified, before
+    its commit. The record's blob then goes up beside the last layer's
+    commit, and after it only the manifests and the record's tag remain."""
+
+    def __init__(self, sink: Sink, p: Plan, mode: str, name: str) -> None:
+        self._sink = sink
+        self._plan = p
+        self._mode = mode
+        self._name = name
+        self._wanted = {x.digest for m in p.manifests for x in m.manifest.layers}
+        self._targets: dict[Digest, Descriptor] = {}
+        self._lock = threading.Lock()
+        self.image: ImageRecord | None = None
+
+    def known(self, layer: Descriptor, target: Descriptor) -> None:
+        """``layer``'s output is ``target``; once every layer's is known, stage the record."""
+        with self._lock:
+            self._targets[layer.digest] = target
+            if self.image is not None or not self._wanted <= self._targets.keys():
+                return
+            _, root = _manifests(self._plan, self._targets, self._mode)
+            self.image = image = ImageRecord(self._name, root)
+        _stage_image(self._sink, image)
+
+
+def _stage_image(sink: Sink, image: ImageRecord) -> None:
+    if isinstance(sink, RecordStager):
+        with contextlib.suppress(SinkError):  # best effort: put_image pushes it again and reports
+            sink.stage_image(image)
+
+
+def _write_outputs(job: LayerJob, p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str, name: str,
+                   early: _EarlyImage | None = None) -> Descriptor:
     """Every new variant's record into the sink and then the local table,
     several at once, while this thread writes the manifests and then the image
     record. Returns the root descriptor.
@@ -210,17 +247,19 @@ def _write_outputs(job: LayerJob, p: Plan, outcomes: dict[Digest, LayerOutcome],
     were the last tenth of a second of a registry conversion, with both cores
     idle. For the same reason the image record's blob starts on its way (where
     the sink stages records) as soon as the root's digest is known, before the
-    manifests go. Once every write has ended, a variant record's failure is
-    raised first (the first in plan order), then a manifest's or the image
-    record's; a failed manifest leaves no image record."""
+    manifests go, or before the last layer's commit (``early``). Once every
+    write has ended, a variant record's failure is raised first (the first in
+    plan order), then a manifest's or the image record's; a failed manifest
+    leaves no image record."""
     records = [o.record for o in outcomes.values() if o.record is not None]
     writes = Parallel(job.record, records, RECORD_WRITERS, "record")
     try:
-        pushes, root = _manifests(p, outcomes, mode)
-        image = ImageRecord(name, root)
-        if isinstance(job.sink, RecordStager):
-            with contextlib.suppress(SinkError):  # best effort: put_image pushes it again and reports
-                job.sink.stage_image(image)
+        pushes, root = _manifests(p, {d: o.target for d, o in outcomes.items()}, mode)
+        if early is not None and early.image is not None and early.image.root == root:
+            image = early.image
+        else:
+            image = ImageRecord(name, root)
+            _stage_image(job.sink, image)
         # The platforms' manifests name only blobs already stored: all at once;
         # the root (an index, when there are several) once they are in.
         each(lambda push: job.sink.put_manifest(*push), pushes[:-1], LIGHT_THREADS, "manifest")
@@ -247,7 +286,7 @@ def _check_layers_present(source: ImageSource, p: Plan) -> None:
                 raise ManifestError(f"{source.name}: layer {layer.digest} is {size} bytes, descriptor says {layer.size}")
 
 
-def _run_layers(job: LayerJob, p: Plan, jobs: int) -> dict[Digest, LayerOutcome]:
+def _run_layers(job: LayerJob, p: Plan, jobs: int, early: _EarlyImage | None = None) -> dict[Digest, LayerOutcome]:
     """Every unique layer, each run to its end; then the first failure in plan
     order is raised.
 
@@ -259,6 +298,10 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int) -> dict[Digest, LayerOutcome]
     found = each(job.lookup, layers, LIGHT_THREADS, "lookup")
     heavy = [i for i, x in enumerate(layers) if job.needs_transcode(x, found[i])]
     light = sorted(set(range(len(layers))) - set(heavy))
+    if early is not None:
+        for i in light:  # what finish() will give: the variant found, or the layer carried as it is
+            rec = found[i]
+            early.known(layers[i], rec.target if rec is not None else layers[i])
     # Layers in flight share one group of compressing threads (each layer's
     # decode thread is one more), so cores are not oversubscribed while
     # several run and the last layer alone still gets them all.
@@ -343,23 +386,24 @@ class _Admission:
             self._cond.notify_all()
 
 
-def _zstd_manifest(m: Platformed, outcomes: dict[Digest, LayerOutcome]) -> tuple[bytes, bool]:
+def _zstd_manifest(m: Platformed, targets: dict[Digest, Descriptor]) -> tuple[bytes, bool]:
     layers = []
     for layer in m.manifest.layers:
-        t = outcomes[layer.digest].target
+        t = targets[layer.digest]
         layers.append(layer.replace(media_type=t.media_type, digest=t.digest, size=t.size))
     changed = any(a.digest != b.digest for a, b in zip(layers, m.manifest.layers, strict=True))
     config = m.manifest.config.replace(media_type=oci_config_type(m.manifest.config.media_type))
     return canonical_json(m.manifest.with_layers(layers, OCI_MANIFEST, config)), changed
 
 
-def _manifests(p: Plan, outcomes: dict[Digest, LayerOutcome], mode: str) -> tuple[list[tuple[bytes, str]], Descriptor]:
+def _manifests(p: Plan, targets: dict[Digest, Descriptor], mode: str) -> tuple[list[tuple[bytes, str]], Descriptor]:
     """The manifests to push, the root last (the others name only blobs, and
-    configs are in the sink already: _put_configs), and the root's descriptor."""
+    configs are in the sink already: _put_configs), and the root's descriptor;
+    ``targets``: each layer's output, by the layer's digest."""
     pushes: list[tuple[bytes, str]] = []
     entries: list[Descriptor] = []
     for m in p.manifests:
-        zdata, changed = _zstd_manifest(m, outcomes)
+        zdata, changed = _zstd_manifest(m, targets)
         if mode == "add" or not changed:
             pushes.append((m.raw, m.desc.media_type))
             entries.append(m.desc)

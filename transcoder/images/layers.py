@@ -18,6 +18,7 @@ from typing import Any
 from ..codecs import ZstdParams
 from ..codecs.framepool import EncoderThreads
 from ..descriptor import GZIP_LAYER_TYPES, OCI_LAYER_ZSTD, TAR_LAYER_TYPES, ZSTD_LAYER_TYPES, Descriptor
+from ..digest import Digest
 from ..errors import SinkError
 from ..faults import crashpoint
 from ..records import VariantRecord
@@ -83,6 +84,8 @@ class LayerJob:
     # Told once a transcoded layer's source has been read to its end: what is
     # left (the last frames, the commit) no longer needs every core.
     source_read: Callable[[Descriptor], None] | None = None
+    # Told a transcoded layer's output once it is verified, before its commit.
+    target_known: Callable[[Descriptor, Descriptor], None] | None = None
 
     # One layer's job, in the steps convert._run_layers spreads over threads:
     # lookup, then convert when needs_transcode, else finish.
@@ -114,17 +117,19 @@ class LayerJob:
         """Transcode ``layer``, whose variant is known nowhere."""
         started = time.perf_counter()
         rec = self.transcode(layer)
-        self._stage(rec)
         return LayerOutcome(layer, rec.target, "converted", str(rec.diff_id), time.perf_counter() - started, rec)
 
-    def _stage(self, rec: VariantRecord) -> None:
-        """Let a sink that can (a registry) store the record's blob while other
-        layers and the manifests go on, leaving only its tag for the end. Best
-        effort: what fails here is pushed again by ``record``, which
-        reports it."""
+    def _verified(self, layer: Descriptor, rec: VariantRecord) -> None:
+        """The transcode of ``layer`` passed every check and its output is
+        about to be committed. A sink that can (a registry) starts storing the
+        record's blob now, beside the commit's round trip, leaving only its
+        tag for the end; best effort: what fails here is pushed again by
+        ``record``, which reports it. Then ``target_known`` is told."""
         if isinstance(self.sink, RecordStager):
             with contextlib.suppress(SinkError):
                 self.sink.stage_variant(rec)
+        if self.target_known is not None:
+            self.target_known(layer, rec.target)
 
     def known_variant(self, layer: Descriptor) -> VariantRecord | None:
         candidates: list[VariantRecord] = []
@@ -150,19 +155,25 @@ class LayerJob:
         writer = self.sink.blob_writer(
             OCI_LAYER_ZSTD, key_hint=f"{layer.digest}-{self.params.key}"
         )
+        made: list[VariantRecord] = []  # the record, made once the transcode is verified
+
+        def verified(source: Descriptor, diff_id: Digest, target: Descriptor) -> None:
+            made.append(VariantRecord(Descriptor(layer.media_type, source.digest, source.size), diff_id, target,
+                                      self.params))
+            self._verified(layer, made[0])
+
         bar = self.progress(layer) if self.progress else nullcontext(None)
         with bar as tick, self.source.open_blob(layer) as stream:
-            result = transcode_stream(
+            transcode_stream(
                 stream, writer, params=self.params, workers=self.workers, expect=layer.digest, expect_size=layer.size,
                 max_size=self.max_size, name=f"{self.source.name}: layer {layer.digest}",
                 progress=self._watch_reads(layer, tick), tee=tee,
-                threads=self.threads,
+                threads=self.threads, on_verified=verified,
             )
         if mount_later:
             copy_blob(self.source, self.sink, layer)
         crashpoint("layer-done")
-        source = Descriptor(layer.media_type, result.source.digest, result.source.size)
-        return VariantRecord(source, result.diff_id, result.target, result.params)
+        return made[0]
 
     def _watch_reads(self, layer: Descriptor, tick: Progress | None) -> Progress | None:
         """``tick``, also calling ``source_read`` once ``layer.size`` bytes have been read."""

@@ -14,12 +14,15 @@ so each ``put_image`` also writes an immutable record:
   so the newest record of a name is found from the tag list alone.
 
 When the name is also a valid tag, the tag is then made to point at the root
-of the newest record: the writer lists the records, pushes the newest root
-to the tag, and lists again until what it pushed is still the newest. Of
-writers racing on one name, the one whose record is newest pushes last (its
-listing follows every older record's write), so the tag settles on the newest
-root. Readers take the records as the truth; a tag whose manifest no record
-of that name knows was pushed by something else (docker, skopeo) and wins.
+of the newest record: the writer lists the records (the first listing goes
+out beside the write of its own record, which it counts in), pushes the
+newest root it knows to the tag, and lists again until what it pushed is
+still the newest. Of writers racing on one name, the tag settles on the root
+of the newest record N: N's writer pushes it only once N is written, so a
+writer whose last listing missed N made its last push before that, and a
+writer whose listing saw N pushes N's root too. Readers take the records as
+the truth; a tag whose manifest no record of that name knows was pushed by
+something else (docker, skopeo) and wins.
 """
 
 from __future__ import annotations

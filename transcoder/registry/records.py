@@ -140,18 +140,26 @@ class RepositoryRecords:
         self._manifest_bytes(rec.root)  # the root must be there, as described
         blob = self._record_blob(rec.to_bytes(), img.IMAGE_TYPE)
         tag = img.record_tag(rec)
+        settle = is_plain_tag(rec.name)
+        # The settling's first listing goes out beside the record's own tag: only
+        # the listings after the name's tag is pushed carry the argument (.images).
+        listing = Parallel(lambda _: self.tags(fresh=True), [None], 1, "record-list") if settle else None
         self._tag(tag, img.record_manifest(rec, blob), OCI_MANIFEST)
-        if is_plain_tag(rec.name):
-            self._settle_tag(rec.name, {tag: rec})
+        if listing is not None:
+            self._settle_tag(rec.name, {tag: rec}, listing)
 
-    def _settle_tag(self, name: str, known: dict[str, ImageRecord]) -> None:
+    def _settle_tag(self, name: str, known: dict[str, ImageRecord],
+                    listing: Parallel[None, set[str]] | None = None) -> None:
         """Point tag ``name`` at the newest record's root; see :mod:`.images`.
-        ``known``: records this sink has just written, by tag, not read back."""
+        ``known``: records this sink has just written, by tag, not read back;
+        ``listing``: a first listing already under way, which may have been
+        sent before they were written."""
         pushed: str | None = None
         history: list[img.RecordTag] = []
         pruning: Parallel[list[img.RecordTag], list[img.RecordTag]] | None = None
         for _ in range(SETTLE_ROUNDS):
-            history = img.newest_by_name(sorted(self.tags(fresh=True))).get(img.name_hash(name), [])
+            history = img.newest_by_name(sorted(self._listed(listing, known))).get(img.name_hash(name), [])
+            listing = None
             newest = self._read_newest(history, known)
             if newest is None or newest[0].tag == pushed:
                 break
@@ -164,6 +172,15 @@ class RepositoryRecords:
                 pruning = Parallel(self._prune, [[t for t in history if t < tag]], 1, "record-prune")
         pruned: set[img.RecordTag] = set(pruning.join()[0]) if pruning is not None else set()
         self._prune([t for t in history[:-1] if t not in pruned])
+
+    def _listed(self, listing: Parallel[None, set[str]] | None, known: dict[str, ImageRecord]) -> set[str]:
+        """The tags as ``listing`` found them, with the records ``known`` (written
+        since it was sent, maybe after it was answered); else, with no listing or
+        a failed one, the tags as listed now."""
+        if listing is not None:
+            with contextlib.suppress(TranscoderError):
+                return listing.join()[0] | set(known)
+        return self.tags(fresh=True)
 
     def _read_newest(self, history: list[img.RecordTag], known: dict[str, ImageRecord] | None = None,
                      ) -> tuple[img.RecordTag, ImageRecord] | None:
