@@ -143,6 +143,43 @@ def test_second_run_transcodes_nothing(registry: Any, layout: Path, transcoder_h
     assert again.root == first.root
 
 
+def test_an_unchanged_rerun_writes_nothing_for_the_image(registry: Any, layout: Path) -> None:
+    """A rerun that binds the name to the root it has already (its newest
+    record says so, and so does the tag) leaves the binding as it is: no
+    record blob, no record, no tag, no deletion; only the manifests are pushed
+    again, which changes nothing. A tag moved meanwhile by another tool is
+    moved back, with a new record."""
+    repo = repo_name()
+    first = convert_to(registry, layout, "app", repo, "v1", mode="replace")
+    reader = RegistrySink(registry.host, repo)
+
+    def records() -> list[str]:
+        return sorted(t for t in reader.client.list_tags(repo) if ".image-" in t)
+
+    before, created = records(), reader.images()["v1"].created
+    sink = RegistrySink(registry.host, repo, tag="v1", mode="replace")
+    sent: list[tuple[str, str]] = []
+    request = sink.client.request
+
+    def logged(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((method, path))
+        return request(method, path, *args, **kwargs)
+
+    sink.client.request = logged  # type: ignore[method-assign]
+    again = convert_image(open_source(f"oci:{layout}:app"), sink, ConvertOptions(mode="replace", tag="v1"))
+    sink.close()
+    assert again.root == first.root and [o.status for o in again.layers] == ["hit"] * 3
+    writes = [(m, p) for m, p in sent if m not in ("GET", "HEAD")]
+    assert writes == [("PUT", f"/v2/{repo}/manifests/{first.root.digest}")], writes
+    assert records() == before and reader.images()["v1"].created == created
+    external, _ = _other_image(reader, 11)
+    reader.client.put_manifest(repo, "v1", external, OCI_MANIFEST)  # as docker push would
+    convert_to(registry, layout, "app", repo, "v1", mode="replace")
+    assert reader.client.head_manifest(repo, "v1").digest == first.root.digest  # type: ignore[union-attr]
+    assert len(records()) == 1 and records() != before  # a new record, the old one pruned
+    reader.close()
+
+
 # -- the sink against the registry -------------------------------------------------------
 
 

@@ -44,6 +44,8 @@ class RepositoryRecords:
         self._target_named = target_named
         self._tags: set[str] | None = None  # listed once for variant lookups, then kept up to date
         self._staged: Ahead[Digest, Descriptor] = Ahead("record-blob", TranscoderError)  # pushed ahead of their tags
+        # An image record's blob likewise, or None: the name is bound to its root already.
+        self._staged_images: Ahead[Digest, Descriptor | None] = Ahead("record-blob", TranscoderError)
         self._lock = threading.Lock()
 
     # -- tags --------------------------------------------------------------------
@@ -132,13 +134,43 @@ class RepositoryRecords:
     # -- images ---------------------------------------------------------------------
 
     def stage_image(self, rec: ImageRecord) -> None:
-        """Start pushing the record's blob, before its root is pushed; nothing
-        points to it until :meth:`put_image`."""
-        self._stage(rec.to_bytes(), img.IMAGE_TYPE)
+        """Start pushing the record's blob, before its root is pushed (nothing
+        points to it until :meth:`put_image`), unless the name is bound to that
+        root already."""
+        self._staged_images.start(Digest.of(rec.to_bytes()), lambda: self._image_blob(rec))
+
+    def _image_blob(self, rec: ImageRecord) -> Descriptor | None:
+        return None if self._bound(rec) else self._push_record_blob(rec.to_bytes(), img.IMAGE_TYPE)
+
+    def _bound(self, rec: ImageRecord) -> bool:
+        """Whether ``rec.name`` is bound to ``rec.root`` already: its newest
+        record, as the tags were listed (for the variant lookups; nothing
+        listed, nothing known), names that root, and so does the tag when the
+        name is one. The record is read and the tag asked for at once."""
+        with self._lock:
+            listed = sorted(self._tags) if self._tags is not None else []
+        history = img.newest_by_name(listed).get(img.name_hash(rec.name), [])
+        if not history or history[-1].root_prefix != rec.root.digest.hex[:16]:
+            return False
+        tagged = (Parallel(lambda name: self.client.head_manifest(self.repo, name), [rec.name], 1, "record-tag")
+                  if is_plain_tag(rec.name) else None)
+        newest = self._read_newest(history[-1:])
+        try:
+            pointed = tagged.join()[0] if tagged is not None else None
+        except TranscoderError:
+            return False
+        same = newest is not None and (newest[1].root.digest, newest[1].root.size) == (rec.root.digest, rec.root.size)
+        return same and (tagged is None or (pointed is not None and pointed.digest == rec.root.digest))
 
     def put_image(self, rec: ImageRecord) -> None:
+        """Bind ``rec.name`` to ``rec.root`` with a new record, and point the
+        tag there when the name is one; see :mod:`.images`. A binding that
+        stands already (an unchanged rerun: :meth:`_bound`) is left as it is:
+        nothing is written."""
         self._manifest_bytes(rec.root)  # the root must be there, as described
-        blob = self._record_blob(rec.to_bytes(), img.IMAGE_TYPE)
+        blob = self._staged_images.take(Digest.of(rec.to_bytes()), lambda: self._image_blob(rec))
+        if blob is None:
+            return
         tag = img.record_tag(rec)
         settle = is_plain_tag(rec.name)
         # The settling's first listing goes out beside the record's own tag: only
