@@ -143,6 +143,37 @@ def test_second_run_transcodes_nothing(registry: Any, layout: Path, transcoder_h
     assert again.root == first.root
 
 
+def test_a_layers_own_blob_is_asked_for_beside_its_lookup(registry: Any, layout: Path) -> None:
+    """In add mode a layer must know whether the registry holds its canonical
+    blob, whatever its lookup finds (to tee it into a transcode, or to copy
+    it beside a reused variant), so the HEAD goes out beside the lookup, not
+    after it. The sink below answers a lookup only once the HEAD for that
+    layer's blob has begun."""
+    repo = repo_name()
+    sink = RegistrySink(registry.host, repo, tag="v1", mode="add")
+    asked: set[Digest] = set()
+    changed = threading.Condition()
+    head_blob, find_variants = sink.client.head_blob, sink.find_variants
+
+    def head_and_tell(repo_: str, digest: Digest) -> int | None:
+        with changed:
+            asked.add(digest)
+            changed.notify_all()
+        return head_blob(repo_, digest)
+
+    def find_once_asked(source: Any) -> list[VariantRecord]:
+        with changed:
+            assert changed.wait_for(lambda: source in asked, 10), "the layer's blob was asked for after its lookup"
+        return find_variants(source)
+
+    sink.client.head_blob = head_and_tell  # type: ignore[method-assign]
+    sink.find_variants = find_once_asked  # type: ignore[method-assign]
+    result = convert_image(open_source(f"oci:{layout}:app"), sink, ConvertOptions(mode="add", tag="v1"))
+    sink.close()
+    assert [o.status for o in result.layers] == ["converted"] * 3
+    assert all(o.source.digest in asked for o in result.layers)
+
+
 def test_an_unchanged_rerun_writes_nothing_for_the_image(registry: Any, layout: Path) -> None:
     """A rerun that binds the name to the root it has already (its newest
     record says so, and so does the tag) leaves the binding as it is: no

@@ -22,7 +22,7 @@ from ..digest import Digest
 from ..errors import SinkError
 from ..faults import crashpoint
 from ..records import VariantRecord
-from ..sinks.base import BlobMounter, RecordStager, Sink
+from ..sinks.base import BlobMounter, RecordStager, Sink, StatAhead
 from ..transcode import Progress, transcode_stream
 from ..variants import VariantTable
 from .source import ImageSource
@@ -96,7 +96,13 @@ class LayerJob:
         return layer.media_type in GZIP_LAYER_TYPES | TAR_LAYER_TYPES
 
     def lookup(self, layer: Descriptor) -> VariantRecord | None:
-        """The variant to reuse for ``layer``, if any: round trips, no CPU."""
+        """The variant to reuse for ``layer``, if any: round trips, no CPU. A
+        sink that can is asked meanwhile whether it holds the layer's own blob,
+        which the layer needs to know whatever is found when it keeps or
+        carries that blob: one round trip less before a transcode starts, or
+        before a reused layer is done."""
+        if (self.keep_canonical or not self.transcodes(layer)) and isinstance(self.sink, StatAhead):
+            self.sink.stat_ahead(layer.digest)
         return self.known_variant(layer) if self.transcodes(layer) else None
 
     def needs_transcode(self, layer: Descriptor, found: VariantRecord | None) -> bool:

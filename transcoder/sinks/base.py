@@ -107,6 +107,15 @@ class LookupWarmer(Protocol):
 
 
 @runtime_checkable
+class StatAhead(Protocol):
+    """Optional: start asking whether a blob is there (a registry's HEAD)
+    before the answer is needed; the next ``stat_blob`` of that digest takes
+    the answer instead of asking again, so the round trip overlaps others."""
+
+    def stat_ahead(self, digest: Digest) -> None: ...
+
+
+@runtime_checkable
 class ManifestStore(Protocol):
     def put_manifest(self, data: bytes, media_type: str) -> Descriptor: ...
 

@@ -68,7 +68,7 @@ class RegistrySink:
         self._lock = threading.Lock()
         self._stats: Ahead[Digest, int | None] = Ahead("blob-stat", TranscoderError)  # HEADs asked ahead
         self.records = RepositoryRecords(self.client, repository, self.get_manifest, self.location,
-                                         target_named=self._stat_ahead)
+                                         target_named=self.stat_ahead)
 
     @classmethod
     def from_options(
@@ -116,9 +116,10 @@ class RegistrySink:
             self._present.add(digest)
         return size
 
-    def _stat_ahead(self, digest: Digest) -> None:
-        """Start the HEAD that a lookup will want once it has read the record
-        naming ``digest``, so the two round trips overlap."""
+    def stat_ahead(self, digest: Digest) -> None:
+        """Start the HEAD that :meth:`stat_blob` will want: a layer's own blob,
+        asked for beside its variant lookup, or a variant's, asked for once a
+        lookup has read the record naming it, while it reads the record's blob."""
         self._stats.start(digest, lambda: self._head(digest))
 
     def open_blob(self, digest: Digest | str, offset: int = 0, length: int | None = None) -> BinaryIO:
