@@ -13,7 +13,8 @@ For each one-way delay (``--delays``, default 0, 5 and 20 ms: round trips
 of 0, 10 and 40 ms), in an order that rotates between repetitions:
 
 1. ``ours``: ``transcoder convert docker://SRC --to type=registry,ref=DST,mode=replace``
-   with a new variant table;
+   with a new variant table (``--mode add``: the default mode, which keeps
+   the gzip layers too and pushes an index offering both);
 2. ``ours rerun``: the same again, from another machine (a new variant
    table): every layer is found in the registry's records;
 3. ``skopeo``: ``skopeo copy --all --dest-compress-format zstd`` of the same
@@ -52,7 +53,8 @@ from benchmarks.latencyproxy import LatencyProxy
 KINDS = ("ours", "ours rerun", "skopeo")
 
 
-def one_run(kind: str, cli: str, registry: Registry, host: str, dest: str, work: Path) -> dict[str, Any]:
+def one_run(kind: str, cli: str, registry: Registry, host: str, dest: str, work: Path,
+            mode: str = "replace") -> dict[str, Any]:
     """One conversion through ``host`` (the proxy): wall time and the registry's count of requests."""
     offset = registry.log_size()
     src = f"docker://{host}/corpus/src:gzip"
@@ -63,7 +65,7 @@ def one_run(kind: str, cli: str, registry: Registry, host: str, dest: str, work:
         env = None
     else:
         home = Path(tempfile.mkdtemp(dir=work))  # a new variant table: another machine
-        argv = [cli, "convert", src, "--to", f"type=registry,ref={host}/{dest}:v1,mode=replace", "--json"]
+        argv = [cli, "convert", src, "--to", f"type=registry,ref={host}/{dest}:v1,mode={mode}", "--json"]
         env = dict(os.environ, TRANSCODER_HOME=str(home))
     run = timed(kind, argv, registry, env)
     if kind != "skopeo":
@@ -73,7 +75,7 @@ def one_run(kind: str, cli: str, registry: Registry, host: str, dest: str, work:
     return {"wall": run.wall, "requests": sum(counts.values())}
 
 
-def measure(cli: str, registry: Registry, work: Path, delays: list[float], reps: int,
+def measure(cli: str, registry: Registry, work: Path, delays: list[float], reps: int, mode: str = "replace",
             ) -> dict[float, dict[str, list[dict[str, Any]]]]:
     results: dict[float, dict[str, list[dict[str, Any]]]] = {}
     for delay in delays:
@@ -86,7 +88,7 @@ def measure(cli: str, registry: Registry, work: Path, delays: list[float], reps:
                 order.insert(rep % 3, "skopeo")
                 for kind in order:
                     print(f"delay {delay:g} ms, rep {rep + 1}/{reps}: {kind} ...", file=sys.stderr, flush=True)
-                    results[delay][kind].append(one_run(kind, cli, registry, proxy.host, dest, work))
+                    results[delay][kind].append(one_run(kind, cli, registry, proxy.host, dest, work, mode))
     return results
 
 
@@ -113,6 +115,8 @@ def _options(ap: argparse.ArgumentParser) -> None:
                     help="corpus layers of the image (default %(default)s)")
     ap.add_argument("--platforms", type=int, default=1,
                     help="more than 1: an index of this many platforms, the layers dealt out among them")
+    ap.add_argument("--mode", choices=("replace", "add"), default="replace",
+                    help="our conversions' mode (default %(default)s: the same output set as skopeo's)")
 
 
 def main() -> None:
@@ -129,7 +133,7 @@ def main() -> None:
         build_index_image(args.workdir, names, args.platforms)
     print(f"timing {cli}; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
     with serving(layout, "bench-latency-") as (registry, work):
-        results = measure(cli, registry, work, delays, args.reps)
+        results = measure(cli, registry, work, delays, args.reps, args.mode)
     report(results, args.json)
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from transcoder.codecs import ZstdParams
 from transcoder.descriptor import ANNOTATION_ZSTD, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST, Descriptor
 from transcoder.digest import Digest
 from transcoder.errors import AuthError, DigestMismatch, NotFound, SinkError, SizeMismatch, TransientError
-from transcoder.images.convert import ConvertOptions, convert_image
+from transcoder.images.convert import ConvertOptions, convert_image, plan
 from transcoder.images.source import open_source
 from transcoder.records import ImageRecord, VariantRecord
 from transcoder.registry.auth import Credentials
@@ -172,6 +172,71 @@ def test_a_layers_own_blob_is_asked_for_beside_its_lookup(registry: Any, layout:
     sink.close()
     assert [o.status for o in result.layers] == ["converted"] * 3
     assert all(o.source.digest in asked for o in result.layers)
+
+
+def test_a_mountable_canonical_blob_holds_nothing_up(registry: Any, skopeo: str, layout: Path) -> None:
+    """In add mode from another repository of the same host, the canonical
+    blob needs none of our bytes: a layer's read starts without waiting for
+    the HEAD that asks whether the blob is there, and its mount goes out
+    beside the output's commit, not after it. The clients below answer that
+    HEAD only once the layer's source is open, and commit a layer's output
+    only once its mount has begun."""
+    src_repo, repo = repo_name(), repo_name()
+    skopeo_push(skopeo, layout, "app", f"{registry.host}/{src_repo}:gzip")
+    source = RegistrySource.from_ref(f"{registry.host}/{src_repo}:gzip")
+    sink = RegistrySink(registry.host, repo, tag="v1", mode="add")
+    seen: dict[str, set[Digest]] = {"opened": set(), "mounting": set()}
+    changed = threading.Condition()
+    open_blob, head_blob, mount_blob, blob_writer = (source.open_blob, sink.client.head_blob, sink.client.mount_blob,
+                                                     sink.blob_writer)
+
+    def tell(what: str, digest: Digest) -> None:
+        with changed:
+            seen[what].add(digest)
+            changed.notify_all()
+
+    def wait(what: str, digest: Digest, why: str) -> None:
+        with changed:
+            assert changed.wait_for(lambda: digest in seen[what], 10), why
+
+    def open_and_tell(desc: Descriptor) -> Any:
+        tell("opened", desc.digest)
+        return open_blob(desc)
+
+    def head_once_opened(repo_: str, digest: Digest) -> int | None:
+        if digest in layers:
+            wait("opened", digest, "the layer's read waited for the HEAD of its canonical blob")
+        return head_blob(repo_, digest)
+
+    def mount_and_tell(repo_: str, digest: Digest, from_repo: str) -> bool:
+        tell("mounting", digest)
+        return mount_blob(repo_, digest, from_repo)
+
+    def committing_once_mounting(media_type: str, **hints: Any) -> Any:
+        writer = blob_writer(media_type, **hints)
+        if media_type == OCI_LAYER_ZSTD:
+            commit, layer = writer.commit, Digest.parse(str(hints["key_hint"]).split("-")[0])
+
+            def gated(size: int, digest: Digest) -> None:
+                wait("mounting", layer, "the canonical blob was mounted only after the output's commit")
+                commit(size, digest)
+
+            writer.commit = gated
+        return writer
+
+    layers = {x.digest for x in plan(source, None).manifests[0].manifest.layers}
+    source.open_blob = open_and_tell  # type: ignore[method-assign]
+    sink.client.head_blob = head_once_opened  # type: ignore[method-assign]
+    sink.client.mount_blob = mount_and_tell  # type: ignore[method-assign]
+    sink.blob_writer = committing_once_mounting  # type: ignore[method-assign]
+    result = convert_image(source, sink, ConvertOptions(mode="add", tag="v1"))
+    sink.close()
+    source.close()
+    assert [o.status for o in result.layers] == ["converted"] * 3
+    assert seen["mounting"] == layers
+    reader = RegistrySink(registry.host, repo)
+    assert all(reader.stat_blob(d) is not None for d in layers)
+    reader.close()
 
 
 def test_an_unchanged_rerun_writes_nothing_for_the_image(registry: Any, layout: Path) -> None:

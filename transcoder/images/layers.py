@@ -21,6 +21,7 @@ from ..descriptor import GZIP_LAYER_TYPES, OCI_LAYER_ZSTD, TAR_LAYER_TYPES, ZSTD
 from ..digest import Digest
 from ..errors import SinkError
 from ..faults import crashpoint
+from ..parallel import Parallel
 from ..records import VariantRecord
 from ..sinks.base import BlobMounter, RecordStager, Sink, StatAhead
 from ..transcode import Progress, transcode_stream
@@ -151,33 +152,43 @@ class LayerJob:
         copy_blob(self.source, self.sink, desc)
 
     def transcode(self, layer: Descriptor) -> VariantRecord:
+        # The canonical blob, when kept: one the sink can have without our
+        # bytes (a registry's mount from the same host, or a blob of its own
+        # repository) is seen to once the transcode has verified the source,
+        # beside the output's commit, so the read waits on no HEAD; one the
+        # sink lacks otherwise is teed from the one read.
+        linked = self.keep_canonical and isinstance(self.sink, BlobMounter) and self.sink.can_mount(self.source)
         tee = None
-        wanted = self.keep_canonical and self.sink.stat_blob(layer.digest) != layer.size
-        # A mountable canonical blob is linked after the transcode has verified
-        # the source digest; anything else is teed from the one read.
-        mount_later = wanted and isinstance(self.sink, BlobMounter) and self.sink.can_mount(self.source)
-        if wanted and not mount_later:
+        if self.keep_canonical and not linked and self.sink.stat_blob(layer.digest) != layer.size:
             tee = self.sink.blob_writer(layer.media_type, key_hint=str(layer.digest), size_hint=layer.size)
         writer = self.sink.blob_writer(
             OCI_LAYER_ZSTD, key_hint=f"{layer.digest}-{self.params.key}"
         )
         made: list[VariantRecord] = []  # the record, made once the transcode is verified
+        linking: list[Parallel[Descriptor, None]] = []
 
         def verified(source: Descriptor, diff_id: Digest, target: Descriptor) -> None:
             made.append(VariantRecord(Descriptor(layer.media_type, source.digest, source.size), diff_id, target,
                                       self.params))
+            if linked:
+                linking.append(Parallel(self.copy, [layer], 1, "link"))
             self._verified(layer, made[0])
 
         bar = self.progress(layer) if self.progress else nullcontext(None)
-        with bar as tick, self.source.open_blob(layer) as stream:
-            transcode_stream(
-                stream, writer, params=self.params, workers=self.workers, expect=layer.digest, expect_size=layer.size,
-                max_size=self.max_size, name=f"{self.source.name}: layer {layer.digest}",
-                progress=self._watch_reads(layer, tick), tee=tee,
-                threads=self.threads, on_verified=verified,
-            )
-        if mount_later:
-            copy_blob(self.source, self.sink, layer)
+        try:
+            with bar as tick, self.source.open_blob(layer) as stream:
+                transcode_stream(
+                    stream, writer, params=self.params, workers=self.workers, expect=layer.digest,
+                    expect_size=layer.size, max_size=self.max_size, name=f"{self.source.name}: layer {layer.digest}",
+                    progress=self._watch_reads(layer, tick), tee=tee,
+                    threads=self.threads, on_verified=verified,
+                )
+        except BaseException:
+            for link in linking:
+                link.outcomes()  # it ends; the transcode's error is the one reported
+            raise
+        for link in linking:
+            link.join()
         crashpoint("layer-done")
         return made[0]
 

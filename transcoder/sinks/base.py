@@ -76,7 +76,9 @@ class BlobIngester(Protocol):
 @runtime_checkable
 class BlobMounter(Protocol):
     """Optional: link a blob from a source the sink can reach (a registry's
-    cross-repository mount) instead of copying its bytes."""
+    cross-repository mount) instead of copying its bytes. ``can_mount`` is
+    also true for a source whose blobs the sink holds already (the same
+    repository): either way the sink needs none of the source's bytes."""
 
     def can_mount(self, source: object) -> bool: ...
 

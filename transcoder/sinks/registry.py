@@ -132,15 +132,16 @@ class RegistrySink:
         return _Writer(self, f"{self.location}: blob {key_hint or media_type}", ask_first=known)
 
     def can_mount(self, source: object) -> bool:
-        """True for a registry source in another repository of the same host."""
+        """True for a registry source on the same host: a blob of another
+        repository can be mounted, and one of this repository is here."""
         host, repo = getattr(source, "host", None), getattr(source, "repository", None)
-        return host == self.host and isinstance(repo, str) and repo != self.repository
+        return host == self.host and isinstance(repo, str)
 
     def mount_blob(self, desc: Descriptor, source: object) -> bool:
         """Cross-repository mount from a registry source on the same host;
         False when that is not possible (the caller then copies the bytes)."""
         repo = getattr(source, "repository", None)
-        if not self.can_mount(source) or not isinstance(repo, str):
+        if not self.can_mount(source) or not isinstance(repo, str) or repo == self.repository:
             return False
         if self.client.mount_blob(self.repository, desc.digest, repo):
             self._present.add(desc.digest)
