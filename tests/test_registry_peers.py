@@ -239,6 +239,42 @@ def test_a_mountable_canonical_blob_holds_nothing_up(registry: Any, skopeo: str,
     reader.close()
 
 
+def test_a_transcodes_upload_session_opens_before_its_bytes_exist(registry: Any, tmp_path: Path) -> None:
+    """A transcode's output is sent whatever its size, so its writer opens
+    the upload session (the POST) at once, beside the read, instead of once
+    the first buffer is full or, for a small blob, at the commit. The source
+    below is read only once a POST has begun; the image's config is in the
+    repository already, so no other POST is due."""
+    src = write_layout(tmp_path / "one", {"one": [TARS[0]]})
+    source = open_source(f"oci:{src}:one")
+    (platformed,) = plan(source, None).manifests
+    (layer,) = platformed.manifest.layers
+    sink = RegistrySink(registry.host, repo_name(), tag="v1", mode="replace")
+    put_bytes(sink, platformed.config, platformed.manifest.config.media_type)
+    posting = threading.Event()
+    start_upload, open_blob = sink.client.start_upload, source.open_blob
+
+    def start_and_tell(repo: str) -> str:
+        posting.set()
+        return start_upload(repo)
+
+    def open_once_posting(desc: Descriptor) -> Any:
+        if desc.digest == layer.digest:
+            assert posting.wait(10), "the upload session opened only after the layer was read"
+        return open_blob(desc)
+
+    sink.client.start_upload = start_and_tell  # type: ignore[method-assign]
+    source.open_blob = open_once_posting  # type: ignore[method-assign]
+    result = convert_image(source, sink, ConvertOptions(mode="replace", tag="v1"))
+    sink.close()
+    (outcome,) = result.layers
+    reader = RegistrySink(registry.host, sink.repository)
+    with reader.open_blob(outcome.target.digest) as f:
+        assert unzstd(f.read()) == TARS[0]
+    assert reader.client.head_manifest(sink.repository, "v1") == result.root
+    reader.close()
+
+
 def test_an_unchanged_rerun_writes_nothing_for_the_image(registry: Any, layout: Path) -> None:
     """A rerun that binds the name to the root it has already (its newest
     record says so, and so does the tag) leaves the binding as it is: no

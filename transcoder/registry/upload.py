@@ -13,7 +13,8 @@ registry's work per byte (distribution reopens the session per request).
 A blob smaller than the buffer goes in one POST then one PUT carrying the
 bytes (distribution 2.8 ignores the body of a single ``POST ?digest=``), after
 a HEAD that skips it when the registry has it already (unless the writer was
-told the bytes are new).
+told the bytes are new). For new bytes the session's POST goes out as the
+writer is made, on a thread of its own, so no round trip waits on it later.
 
 Failures: a PATCH that breaks while it is still within its first ``REPLAY``
 bytes is sent again from the offset the registry reports holding (a stale
@@ -33,7 +34,8 @@ import time
 from collections.abc import Iterator
 
 from ..digest import Digest
-from ..errors import AuthError, DigestMismatch, NotFound, SinkError, SizeMismatch, TransientError
+from ..errors import AuthError, DigestMismatch, NotFound, SinkError, SizeMismatch, TranscoderError, TransientError
+from ..parallel import Parallel
 from ..writers import WriterBase
 from .client import RegistryClient, Retryable
 
@@ -47,17 +49,20 @@ PATCH_ATTEMPTS = 3
 Piece = bytes | memoryview
 
 
-def push_blob(client: RegistryClient, repo: str, data: bytes, digest: Digest, *, fresh: bool = False) -> bool:
+def push_blob(client: RegistryClient, repo: str, data: bytes, digest: Digest, *, fresh: bool = False,
+              opened: str | None = None) -> bool:
     """Store ``data`` under ``digest`` unless present; True if it was uploaded.
 
     ``fresh``: the bytes cannot be there yet (a record, which carries its
     creation time), so no HEAD asks first; pushing a blob the registry has
-    already is harmless anyway."""
+    already is harmless anyway. ``opened``: an upload session already open
+    for them, used by the first attempt."""
     if not fresh and client.head_blob(repo, digest) == len(data):
         return False
+    sessions = [opened] if opened else []
 
     def once() -> None:
-        location = client.start_upload(repo)
+        location = sessions.pop() if sessions else client.start_upload(repo)
         try:
             client.complete_upload(repo, location, digest, data)
         except TransientError as exc:
@@ -77,11 +82,11 @@ class _Aborted(Exception):
 class _Session:
     """One upload session, streamed into one PATCH by a background thread."""
 
-    def __init__(self, client: RegistryClient, repo: str, name: str) -> None:
+    def __init__(self, client: RegistryClient, repo: str, name: str, opened: str | None = None) -> None:
         self._client = client
         self._repo = repo
         self._name = name
-        self._location = client.start_upload(repo)
+        self._location = opened or client.start_upload(repo)
         self._offset = 0  # bytes the session held when the current PATCH began
         self._queue: queue.Queue[Piece | None] = queue.Queue(QUEUE_DEPTH)
         self._ended = False  # the end of the stream was taken from the queue
@@ -214,7 +219,10 @@ class RegistryBlobWriter(WriterBase):
         """``ask_first``: a blob that stays under one buffer is pushed only if a
         HEAD does not find it; False for bytes just produced (a transcode's
         output, which the registry is not expected to hold): one round trip
-        less, and a blob that is there after all is pushed again, harmlessly."""
+        less, and a blob that is there after all is pushed again, harmlessly.
+        Such bytes are sent whatever their size, so their upload session opens
+        at once, on a thread of its own: its round trip overlaps their making
+        instead of delaying their first byte or, for a small blob, the commit."""
         super().__init__(name)
         self._client = client
         self._repo = repo
@@ -222,6 +230,17 @@ class RegistryBlobWriter(WriterBase):
         self._ask_first = ask_first
         self._buf = bytearray()
         self._session: _Session | None = None
+        self._opening = None if ask_first else Parallel(lambda _: client.start_upload(repo), [None], 1, "upload-open")
+
+    def _opened(self) -> str | None:
+        """The session opened ahead, taken once; None if there is none or it failed to open."""
+        opening, self._opening = self._opening, None
+        if opening is None:
+            return None
+        try:
+            return opening.join()[0]
+        except TranscoderError:
+            return None  # the push opens one itself, and reports what fails
 
     def _account(self, data: bytes | memoryview) -> None:
         # Size only: the pipeline already hashed these bytes to name the digest,
@@ -249,7 +268,7 @@ class RegistryBlobWriter(WriterBase):
             return
         self._buf += data
         if self._session is None and len(self._buf) >= self._chunk:
-            self._session = _Session(self._client, self._repo, self.name)
+            self._session = _Session(self._client, self._repo, self.name, self._opened())
         if self._session is not None and len(self._buf) >= PIECE:
             self._flush()
 
@@ -265,7 +284,8 @@ class RegistryBlobWriter(WriterBase):
         try:
             self._check(size, digest)
             if self._session is None:
-                push_blob(self._client, self._repo, bytes(self._buf), digest, fresh=not self._ask_first)
+                push_blob(self._client, self._repo, bytes(self._buf), digest, fresh=not self._ask_first,
+                          opened=self._opened())
             else:
                 if self._buf:
                     self._flush()
@@ -283,6 +303,8 @@ class RegistryBlobWriter(WriterBase):
         self._buf = bytearray()
         if self._session is not None:
             self._session.cancel()
+        elif (opened := self._opened()) is not None:
+            self._client.cancel_upload(self._repo, opened)
 
 
 __all__ = ["CHUNK", "RegistryBlobWriter", "push_blob"]
