@@ -154,11 +154,14 @@ class RepositoryRecords:
             return False
         tagged = (Parallel(lambda name: self.client.head_manifest(self.repo, name), [rec.name], 1, "record-tag")
                   if is_plain_tag(rec.name) else None)
-        newest = self._read_newest(history[-1:])
         try:
+            newest = self._read_newest(history[-1:])
             pointed = tagged.join()[0] if tagged is not None else None
         except TranscoderError:
-            return False
+            return False  # not known to stand: a new record is written, as for any change
+        finally:
+            if tagged is not None:
+                tagged.outcomes()
         same = newest is not None and (newest[1].root.digest, newest[1].root.size) == (rec.root.digest, rec.root.size)
         return same and (tagged is None or (pointed is not None and pointed.digest == rec.root.digest))
 
