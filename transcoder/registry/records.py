@@ -45,7 +45,7 @@ class RepositoryRecords:
         self._tags: set[str] | None = None  # listed once for variant lookups, then kept up to date
         self._staged: Ahead[Digest, Descriptor] = Ahead("record-blob", TranscoderError)  # pushed ahead of their tags
         # An image record's blob likewise, or None: the name is bound to its root already.
-        self._staged_images: Ahead[Digest, Descriptor | None] = Ahead("record-blob", TranscoderError)
+        self._staged_images: Ahead[Digest, Descriptor | None] = Ahead("image-record", TranscoderError)
         self._lock = threading.Lock()
 
     # -- tags --------------------------------------------------------------------
