@@ -259,9 +259,10 @@ def test_a_transcodes_upload_session_opens_before_its_bytes_exist(registry: Any,
         return start_upload(repo)
 
     def open_once_posting(desc: Descriptor) -> Any:
+        blob = open_blob(desc)
         if desc.digest == layer.digest:
-            assert posting.wait(10), "the upload session opened only after the layer was read"
-        return open_blob(desc)
+            return _ReadsOnce(blob, posting, "the upload session opened only after the layer was read")
+        return blob
 
     sink.client.start_upload = start_and_tell  # type: ignore[method-assign]
     source.open_blob = open_once_posting  # type: ignore[method-assign]
@@ -272,6 +273,61 @@ def test_a_transcodes_upload_session_opens_before_its_bytes_exist(registry: Any,
     with reader.open_blob(outcome.target.digest) as f:
         assert unzstd(f.read()) == TARS[0]
     assert reader.client.head_manifest(sink.repository, "v1") == result.root
+    reader.close()
+
+
+class _ReadsOnce:
+    """A blob stream whose first read waits until ``event`` is set (failing,
+    with ``why``, if that takes 10 s)."""
+
+    def __init__(self, blob: Any, event: threading.Event, why: str) -> None:
+        self._blob, self._event, self._why = blob, event, why
+
+    def read(self, *args: Any) -> Any:
+        assert self._event.wait(10), self._why
+        return self._blob.read(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._blob, name)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._blob.close()
+
+
+def test_small_layers_open_their_blobs_before_their_turn(registry: Any, skopeo: str, layout: Path) -> None:
+    """Of an image of small layers, one waiting for a slot (two layers run at
+    once) opens its blob before its turn, so on a long link the layers do not
+    start a round trip apart. The source below lets the first two layers read
+    their blobs only once the third one's has been opened: in turn, it would
+    be opened only once one of them had read its blob to the end."""
+    src_repo, repo = repo_name(), repo_name()
+    skopeo_push(skopeo, layout, "app", f"{registry.host}/{src_repo}:gzip")
+    source = RegistrySource.from_ref(f"{registry.host}/{src_repo}:gzip")
+    first, second, third = plan(source, None).manifests[0].manifest.layers
+    opened = threading.Event()
+    open_blob = source.open_blob
+
+    def open_gated(desc: Descriptor) -> Any:
+        blob = open_blob(desc)
+        if desc.digest == third.digest:
+            opened.set()
+        if desc.digest in (first.digest, second.digest):
+            return _ReadsOnce(blob, opened, "the third layer's blob was opened only in its turn")
+        return blob
+
+    source.open_blob = open_gated  # type: ignore[method-assign]
+    sink = RegistrySink(registry.host, repo, tag="v1", mode="replace")
+    result = convert_image(source, sink, ConvertOptions(mode="replace", tag="v1", jobs=2))
+    sink.close()
+    source.close()
+    assert [o.status for o in result.layers] == ["converted"] * 3
+    reader = RegistrySink(registry.host, repo)
+    for outcome, tar in zip(result.layers, TARS, strict=True):
+        with reader.open_blob(outcome.target.digest) as f:
+            assert unzstd(f.read()) == tar
     reader.close()
 
 

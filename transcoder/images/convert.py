@@ -311,8 +311,20 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int, early: _EarlyImage | None = N
         job = dataclasses.replace(job, threads=threads, source_read=admission.ease)
 
         def convert(item: tuple[int, int]) -> LayerOutcome:
-            x = layers[item[1]]
-            return admission.run(item[0], _weight(x, workers, jobs), job.convert, x, big=_big(x, workers))
+            position, x = item[0], layers[item[1]]
+            # A small layer with no big one before it opens its blob before its
+            # turn: on a long link the request's round trip overlaps the wait,
+            # which is short (the layers before it are small too), so the
+            # layers of a many-layer image do not start a round trip apart.
+            ahead = not any(_big(layers[i], workers) for i in heavy[: position + 1])
+            stream = job.source.open_blob(x) if ahead else None
+            try:
+                return admission.run(position, _weight(x, workers, jobs), lambda d: job.convert(d, stream), x,
+                                     big=_big(x, workers))
+            except BaseException:
+                if stream is not None:
+                    stream.close()  # if the layer never got to it
+                raise
 
         light_runs = Parallel(lambda i: job.finish(layers[i], found[i]), light, LIGHT_THREADS, "layer-light")
         heavy_runs = Parallel(convert, list(enumerate(heavy)), max(1, jobs) + TAIL_THREADS, "layer")

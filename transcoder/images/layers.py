@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..codecs import ZstdParams
 from ..codecs.framepool import EncoderThreads
@@ -120,10 +120,11 @@ class LayerJob:
             self.copy(layer)
         return LayerOutcome(layer, found.target, "hit", str(found.diff_id), time.perf_counter() - started)
 
-    def convert(self, layer: Descriptor) -> LayerOutcome:
-        """Transcode ``layer``, whose variant is known nowhere."""
+    def convert(self, layer: Descriptor, stream: BinaryIO | None = None) -> LayerOutcome:
+        """Transcode ``layer``, whose variant is known nowhere (``stream``: its
+        blob, opened already; it is closed here)."""
         started = time.perf_counter()
-        rec = self.transcode(layer)
+        rec = self.transcode(layer, stream)
         return LayerOutcome(layer, rec.target, "converted", str(rec.diff_id), time.perf_counter() - started, rec)
 
     def _verified(self, layer: Descriptor, rec: VariantRecord) -> None:
@@ -151,7 +152,7 @@ class LayerJob:
     def copy(self, desc: Descriptor) -> None:
         copy_blob(self.source, self.sink, desc)
 
-    def transcode(self, layer: Descriptor) -> VariantRecord:
+    def transcode(self, layer: Descriptor, stream: BinaryIO | None = None) -> VariantRecord:
         # The canonical blob, when kept: one the sink can have without our
         # bytes (a registry's mount from the same host, or a blob of its own
         # repository) is seen to once the transcode has verified the source,
@@ -176,9 +177,9 @@ class LayerJob:
 
         bar = self.progress(layer) if self.progress else nullcontext(None)
         try:
-            with bar as tick, self.source.open_blob(layer) as stream:
+            with bar as tick, (stream if stream is not None else self.source.open_blob(layer)) as blob:
                 transcode_stream(
-                    stream, writer, params=self.params, workers=self.workers, expect=layer.digest,
+                    blob, writer, params=self.params, workers=self.workers, expect=layer.digest,
                     expect_size=layer.size, max_size=self.max_size, name=f"{self.source.name}: layer {layer.digest}",
                     progress=self._watch_reads(layer, tick), tee=tee,
                     threads=self.threads, on_verified=verified,
