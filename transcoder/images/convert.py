@@ -310,14 +310,15 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int, early: _EarlyImage | None = N
     with EncoderThreads(max(0, workers - 1) if heavy else 0) as threads:
         job = dataclasses.replace(job, threads=threads, source_read=admission.ease)
 
+        # A small layer with no big one before it opens its blob before its
+        # turn: on a long link the request's round trip overlaps the wait,
+        # which is short (the layers before it are small too), so the layers
+        # of a many-layer image do not start a round trip apart.
+        first_big = next((p for p, i in enumerate(heavy) if _big(layers[i], workers)), len(heavy))
+
         def convert(item: tuple[int, int]) -> LayerOutcome:
             position, x = item[0], layers[item[1]]
-            # A small layer with no big one before it opens its blob before its
-            # turn: on a long link the request's round trip overlaps the wait,
-            # which is short (the layers before it are small too), so the
-            # layers of a many-layer image do not start a round trip apart.
-            ahead = not any(_big(layers[i], workers) for i in heavy[: position + 1])
-            stream = job.source.open_blob(x) if ahead else None
+            stream = job.source.open_blob(x) if position < first_big else None
             try:
                 return admission.run(position, _weight(x, workers, jobs), lambda d: job.convert(d, stream), x,
                                      big=_big(x, workers))
