@@ -11,7 +11,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
+import httpx
 import pytest
 
 from tests.imagegen import make_tar, unzstd, write_layout
@@ -328,6 +330,107 @@ def test_small_layers_open_their_blobs_before_their_turn(registry: Any, skopeo: 
     for outcome, tar in zip(result.layers, TARS, strict=True):
         with reader.open_blob(outcome.target.digest) as f:
             assert unzstd(f.read()) == tar
+    reader.close()
+
+
+def test_a_layer_opened_before_its_turn_opens_its_upload_beside_its_blob(registry: Any, tmp_path: Path) -> None:
+    """A small layer that opens its blob before its turn opens its output's
+    upload session (the POST) first, on a thread of its own, so on a long link
+    the two round trips overlap instead of the POST following the blob's
+    answer. The source below answers the k-th layer blob opened only once k
+    POSTs have begun; the image's config is in the repository already, so no other
+    POST is due before the layers are read."""
+    src = write_layout(tmp_path / "app", {"app": TARS})
+    source = open_source(f"oci:{src}:app")
+    (platformed,) = plan(source, None).manifests
+    sink = RegistrySink(registry.host, repo_name(), tag="v1", mode="replace")
+    put_bytes(sink, platformed.config, platformed.manifest.config.media_type)
+    counts = {"posts": 0, "opens": 0}
+    changed = threading.Condition()
+    start_upload, open_blob = sink.client.start_upload, source.open_blob
+
+    def start_and_count(repo: str) -> str:
+        with changed:
+            counts["posts"] += 1
+            changed.notify_all()
+        return start_upload(repo)
+
+    layers = {x.digest for x in platformed.manifest.layers}
+
+    def open_after_its_post(desc: Descriptor) -> Any:
+        if desc.digest not in layers:  # the config, read by the plan
+            return open_blob(desc)
+        with changed:
+            counts["opens"] += 1
+            wanted = counts["opens"]
+            assert changed.wait_for(lambda: counts["posts"] >= wanted, 10), "a blob was opened before its upload"
+        return open_blob(desc)
+
+    sink.client.start_upload = start_and_count  # type: ignore[method-assign]
+    source.open_blob = open_after_its_post  # type: ignore[method-assign]
+    result = convert_image(source, sink, ConvertOptions(mode="replace", tag="v1", jobs=2))
+    sink.close()
+    assert [o.status for o in result.layers] == ["converted"] * 3
+    reader = RegistrySink(registry.host, sink.repository)
+    for outcome, tar in zip(result.layers, TARS, strict=True):
+        with reader.open_blob(outcome.target.digest) as f:
+            assert unzstd(f.read()) == tar
+    reader.close()
+
+
+def test_a_layer_whose_blob_fails_to_open_cancels_its_upload(registry: Any, tmp_path: Path) -> None:
+    """Fault injection: the second layer's blob cannot be opened. The
+    conversion fails with that error, and in bounded time (the layers after it
+    do not wait forever for its turn); the upload session opened ahead for its
+    output is cancelled, and every other one was committed (the registry knows
+    none of them: none is left to expire there); no tag is written."""
+    src = write_layout(tmp_path / "app", {"app": TARS})
+    source = open_source(f"oci:{src}:app")
+    (platformed,) = plan(source, None).manifests
+    _, second, _ = platformed.manifest.layers
+    sink = RegistrySink(registry.host, repo_name(), tag="v1", mode="replace")
+    started: list[str] = []
+    cancelled: list[str] = []
+    start_upload, cancel_upload, open_blob = sink.client.start_upload, sink.client.cancel_upload, source.open_blob
+
+    def start_and_log(repo: str) -> str:
+        location = start_upload(repo)
+        started.append(location)
+        return location
+
+    def cancel_and_log(repo: str, location: str) -> None:
+        cancelled.append(location)
+        cancel_upload(repo, location)
+
+    def open_or_fail(desc: Descriptor) -> Any:
+        if desc.digest == second.digest:
+            raise NotFound(f"{source.name}: layer {desc.digest} is missing")
+        return open_blob(desc)
+
+    sink.client.start_upload = start_and_log  # type: ignore[method-assign]
+    sink.client.cancel_upload = cancel_and_log  # type: ignore[method-assign]
+    source.open_blob = open_or_fail  # type: ignore[method-assign]
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            convert_image(source, sink, ConvertOptions(mode="replace", tag="v1", jobs=2))
+        except BaseException as exc:
+            raised.append(exc)
+
+    converting = threading.Thread(target=run, daemon=True)
+    converting.start()
+    converting.join(60)
+    assert not converting.is_alive(), "the layers after the failed one wait forever for its turn"
+    assert len(raised) == 1 and isinstance(raised[0], NotFound), raised
+    assert f"layer {second.digest} is missing" in str(raised[0])
+    sink.close()
+    assert cancelled, "the failed layer's upload session was not cancelled"
+    for location in started:  # each was committed or cancelled: the registry knows none of them
+        status = httpx.get(urljoin(f"http://{registry.host}/", location)).status_code
+        assert status == 404, f"upload session {location} is still open ({status})"
+    reader = RegistrySink(registry.host, sink.repository)
+    assert reader.client.list_tags(sink.repository) == []
     reader.close()
 
 

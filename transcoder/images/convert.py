@@ -310,21 +310,33 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int, early: _EarlyImage | None = N
     with EncoderThreads(max(0, workers - 1) if heavy else 0) as threads:
         job = dataclasses.replace(job, threads=threads, source_read=admission.ease)
 
-        # A small layer with no big one before it opens its blob before its
-        # turn: on a long link the request's round trip overlaps the wait,
-        # which is short (the layers before it are small too), so the layers
-        # of a many-layer image do not start a round trip apart.
+        # A small layer with no big one before it opens its blob (and its
+        # output's upload) before its turn: on a long link those round trips
+        # overlap the wait, which is short (the layers before it are small
+        # too), so the layers of a many-layer image do not start a round trip
+        # apart.
         first_big = next((p for p, i in enumerate(heavy) if _big(layers[i], workers)), len(heavy))
 
         def convert(item: tuple[int, int]) -> LayerOutcome:
             position, x = item[0], layers[item[1]]
-            stream = job.source.open_blob(x) if position < first_big else None
+            opened, failed, taken = None, None, False
             try:
-                return admission.run(position, _weight(x, workers, jobs), lambda d: job.convert(d, stream), x,
-                                     big=_big(x, workers))
+                opened = job.open(x) if position < first_big else None
+            except Exception as exc:  # raised in the layer's turn, which the layers after it wait for
+                failed = exc
+
+            def work(d: Descriptor) -> LayerOutcome:
+                nonlocal taken
+                if failed is not None:
+                    raise failed
+                taken = True  # convert owns what was opened from here on
+                return job.convert(d, opened)
+
+            try:
+                return admission.run(position, _weight(x, workers, jobs), work, x, big=_big(x, workers))
             except BaseException:
-                if stream is not None:
-                    stream.close()  # if the layer never got to it
+                if opened is not None and not taken:
+                    opened.close()  # the layer never got to it
                 raise
 
         light_runs = Parallel(lambda i: job.finish(layers[i], found[i]), light, LIGHT_THREADS, "layer-light")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from ..codecs import ZstdParams
 from ..codecs.framepool import EncoderThreads
@@ -26,6 +26,7 @@ from ..records import VariantRecord
 from ..sinks.base import BlobMounter, RecordStager, Sink, StatAhead
 from ..transcode import Progress, transcode_stream
 from ..variants import VariantTable
+from ..writers import BlobWriter
 from .source import ImageSource
 
 ProgressFactory = Callable[[Descriptor], AbstractContextManager[Progress | None]]
@@ -68,6 +69,20 @@ class LayerOutcome:
             "diff_id": self.diff_id,
             "seconds": round(self.seconds, 6),
         }
+
+
+class Opened(NamedTuple):
+    """A layer's output writer and source blob, opened ahead of its transcode (:meth:`LayerJob.open`)."""
+
+    writer: BlobWriter
+    stream: BinaryIO
+
+    def close(self) -> None:
+        """For a layer that never got to them."""
+        try:
+            self.writer.abort()
+        finally:
+            self.stream.close()
 
 
 @dataclass
@@ -120,11 +135,26 @@ class LayerJob:
             self.copy(layer)
         return LayerOutcome(layer, found.target, "hit", str(found.diff_id), time.perf_counter() - started)
 
-    def convert(self, layer: Descriptor, stream: BinaryIO | None = None) -> LayerOutcome:
-        """Transcode ``layer``, whose variant is known nowhere (``stream``: its
-        blob, opened already; it is closed here)."""
+    def open(self, layer: Descriptor) -> Opened:
+        """``layer``'s output writer, then its blob, for a transcode to come.
+        The writer goes first: a sink that opens an upload session for it (a
+        registry) does so on a thread of its own, so that round trip overlaps
+        the blob's instead of following it."""
+        writer = self._writer(layer)
+        try:
+            return Opened(writer, self.source.open_blob(layer))
+        except BaseException:
+            writer.abort()
+            raise
+
+    def _writer(self, layer: Descriptor) -> BlobWriter:
+        return self.sink.blob_writer(OCI_LAYER_ZSTD, key_hint=f"{layer.digest}-{self.params.key}")
+
+    def convert(self, layer: Descriptor, opened: Opened | None = None) -> LayerOutcome:
+        """Transcode ``layer``, whose variant is known nowhere (``opened``: its
+        writer and blob from :meth:`open`, taken over here)."""
         started = time.perf_counter()
-        rec = self.transcode(layer, stream)
+        rec = self.transcode(layer, opened)
         return LayerOutcome(layer, rec.target, "converted", str(rec.diff_id), time.perf_counter() - started, rec)
 
     def _verified(self, layer: Descriptor, rec: VariantRecord) -> None:
@@ -152,19 +182,28 @@ class LayerJob:
     def copy(self, desc: Descriptor) -> None:
         copy_blob(self.source, self.sink, desc)
 
-    def transcode(self, layer: Descriptor, stream: BinaryIO | None = None) -> VariantRecord:
+    def transcode(self, layer: Descriptor, opened: Opened | None = None) -> VariantRecord:
         # The canonical blob, when kept: one the sink can have without our
         # bytes (a registry's mount from the same host, or a blob of its own
         # repository) is seen to once the transcode has verified the source,
         # beside the output's commit, so the read waits on no HEAD; one the
         # sink lacks otherwise is teed from the one read.
         linked = self.keep_canonical and isinstance(self.sink, BlobMounter) and self.sink.can_mount(self.source)
+        # transcode_stream commits or aborts every writer; those of a
+        # transcode that never gets to it are aborted here.
+        writer = opened.writer if opened is not None else self._writer(layer)
         tee = None
-        if self.keep_canonical and not linked and self.sink.stat_blob(layer.digest) != layer.size:
-            tee = self.sink.blob_writer(layer.media_type, key_hint=str(layer.digest), size_hint=layer.size)
-        writer = self.sink.blob_writer(
-            OCI_LAYER_ZSTD, key_hint=f"{layer.digest}-{self.params.key}"
-        )
+        try:
+            if self.keep_canonical and not linked and self.sink.stat_blob(layer.digest) != layer.size:
+                tee = self.sink.blob_writer(layer.media_type, key_hint=str(layer.digest), size_hint=layer.size)
+            stream = opened.stream if opened is not None else self.source.open_blob(layer)
+        except BaseException:
+            for unused in (writer, tee):
+                if unused is not None:
+                    unused.abort()
+            if opened is not None:
+                opened.stream.close()
+            raise
         made: list[VariantRecord] = []  # the record, made once the transcode is verified
         linking: list[Parallel[Descriptor, None]] = []
 
@@ -177,7 +216,7 @@ class LayerJob:
 
         bar = self.progress(layer) if self.progress else nullcontext(None)
         try:
-            with bar as tick, (stream if stream is not None else self.source.open_blob(layer)) as blob:
+            with stream as blob, bar as tick:
                 transcode_stream(
                     blob, writer, params=self.params, workers=self.workers, expect=layer.digest,
                     expect_size=layer.size, max_size=self.max_size, name=f"{self.source.name}: layer {layer.digest}",
