@@ -4,6 +4,7 @@ registry (anonymous and htpasswd), skopeo and containerd."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -376,6 +377,92 @@ def test_a_layer_opened_before_its_turn_opens_its_upload_beside_its_blob(registr
         with reader.open_blob(outcome.target.digest) as f:
             assert unzstd(f.read()) == tar
     reader.close()
+
+
+def test_the_layers_blobs_are_opened_while_the_config_is_read(registry: Any, skopeo: str, layout: Path) -> None:
+    """The config is not needed to start the layers (an image without an
+    index, and no platform asked for), so its round trip overlaps theirs
+    instead of coming first. The source below answers the config only once
+    a layer's blob has been opened."""
+    src_repo, repo = repo_name(), repo_name()
+    skopeo_push(skopeo, layout, "app", f"{registry.host}/{src_repo}:gzip")
+    source = RegistrySource.from_ref(f"{registry.host}/{src_repo}:gzip")
+    (platformed,) = plan(source, None).manifests
+    config = platformed.manifest.config
+    layer_opened = threading.Event()
+    open_blob = source.open_blob
+
+    def open_gated(desc: Descriptor) -> Any:
+        if desc.digest == config.digest:
+            assert layer_opened.wait(10), "the config was read before any layer's blob was opened"
+        else:
+            layer_opened.set()
+        return open_blob(desc)
+
+    source.open_blob = open_gated  # type: ignore[method-assign]
+    sink = RegistrySink(registry.host, repo, tag="v1", mode="add")
+    result = convert_image(source, sink, ConvertOptions(mode="add", tag="v1"))
+    sink.close()
+    source.close()
+    assert [o.status for o in result.layers] == ["converted"] * 3
+    reader = RegistrySink(registry.host, repo)
+    index = json.loads(reader.client.get_manifest(repo, "v1").data)
+    assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "amd64"]  # from the config
+    with reader.open_blob(config.digest) as f:
+        assert f.read() == platformed.config
+    reader.close()
+
+
+def test_a_bad_config_writes_nothing_though_the_layers_were_opened(registry: Any, tmp_path: Path) -> None:
+    """Fault injection: the config's bytes do not match its digest, and they
+    arrive only once the layers' blobs and uploads have been opened. The
+    conversion fails naming the config; no blob is committed or mounted, no
+    manifest or tag is written, and every upload session opened is cancelled."""
+    src = write_layout(tmp_path / "app", {"app": TARS})
+    source = open_source(f"oci:{src}:app")
+    (platformed,) = plan(source, None).manifests
+    config = platformed.manifest.config
+    sink = RegistrySink(registry.host, repo_name(), tag="v1", mode="add")
+    sent: list[tuple[str, str]] = []
+    request, open_blob = sink.client.request, source.open_blob
+    opened = threading.Event()
+
+    def logged(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((method, path))
+        return request(method, path, *args, **kwargs)
+
+    def open_tampered(desc: Descriptor) -> Any:
+        if desc.digest == config.digest:
+            assert opened.wait(10), "the config was read before any layer's blob was opened"
+            return io.BytesIO(platformed.config.replace(b"amd64", b"arm64"))
+        blob = open_blob(desc)
+        opened.set()
+        return blob
+
+    started: list[str] = []
+    cancelled: list[str] = []
+    start_upload, cancel_upload = sink.client.start_upload, sink.client.cancel_upload
+
+    def start_and_log(repo: str) -> str:
+        started.append(start_upload(repo))
+        return started[-1]
+
+    def cancel_and_log(repo: str, location: str) -> None:
+        cancelled.append(location)
+        cancel_upload(repo, location)
+
+    sink.client.request = logged  # type: ignore[method-assign]
+    sink.client.start_upload = start_and_log  # type: ignore[method-assign]
+    sink.client.cancel_upload = cancel_and_log  # type: ignore[method-assign]
+    source.open_blob = open_tampered  # type: ignore[method-assign]
+    with pytest.raises(DigestMismatch, match=f"config {config.digest}"):
+        convert_image(source, sink, ConvertOptions(mode="add", tag="v1"))
+    sink.close()
+    assert started and sorted(cancelled) == sorted(started), (started, cancelled)
+    assert not any("mount=" in p for m, p in sent if m == "POST"), sent
+    assert not [(m, p) for m, p in sent if m in ("PUT", "PATCH")], "something was uploaded, committed or tagged"
+    for location in started:  # the registry knows none of them
+        assert httpx.get(urljoin(f"http://{registry.host}/", location)).status_code == 404
 
 
 def test_a_layer_whose_blob_fails_to_open_cancels_its_upload(registry: Any, tmp_path: Path) -> None:

@@ -56,12 +56,13 @@ NAME_ANNOTATIONS = frozenset({ANNOTATION_REF_NAME, "io.containerd.image.name"})
 
 @dataclass
 class Platformed:
-    """A manifest with its platform and its config bytes, all verified."""
+    """A manifest with its platform and its config bytes, all verified (in a
+    plan from :func:`start_plan`, once :meth:`Plan.configs` has returned)."""
 
     desc: Descriptor
     manifest: Manifest
     raw: bytes
-    config: bytes
+    config: bytes | None  # None while it is being read
 
 
 @dataclass
@@ -70,6 +71,13 @@ class Plan:
     tag: str | None
     index: Index | None
     manifests: list[Platformed] = field(default_factory=list)
+    reads: Parallel[Platformed, None] | None = field(default=None, repr=False)  # configs being read
+
+    def configs(self) -> None:
+        """Wait until every manifest's config is read and verified, and its
+        platform known; raise the first failure, in plan order (thread-safe)."""
+        if self.reads is not None:
+            self.reads.join()
 
 
 @dataclass
@@ -106,6 +114,18 @@ def read_blob_verified(source: ImageSource, desc: Descriptor, what: str) -> byte
 
 
 def plan(source: ImageSource, platforms: list[str] | None) -> Plan:
+    """The image's manifests that match ``platforms``, with their configs."""
+    result = start_plan(source, platforms)
+    result.configs()
+    return result
+
+
+def start_plan(source: ImageSource, platforms: list[str] | None) -> Plan:
+    """:func:`plan`, returning once the manifests are read: the configs that
+    need not be read to choose the platforms are still on their way
+    (:meth:`Plan.configs` waits for them). On a long link the layers' first
+    round trips (their blobs, their uploads) then overlap a config's instead
+    of following it; nothing is written until the configs are verified."""
     root, tag = source.resolve()
     # Name annotations belong to the store's index.json, not to our documents.
     root = root.replace(annotations={k: v for k, v in root.annotations.items() if k not in NAME_ANNOTATIONS})
@@ -113,7 +133,17 @@ def plan(source: ImageSource, platforms: list[str] | None) -> Plan:
     result.manifests = _visit(source, root, result, platforms, set(), 0)
     if not result.manifests:
         raise ManifestError(f"{source.name}: no manifest matches platform {platforms}")
+    pending = [m for m in result.manifests if m.config is None]
+    result.reads = Parallel(lambda m: _read_config(source, m), pending, LIGHT_THREADS, "config-read")
     return result
+
+
+def _read_config(source: ImageSource, m: Platformed) -> None:
+    """Fill in ``m``'s config, and its platform from it when the index gave none."""
+    what = f"{source.name}: config {m.manifest.config.digest}"
+    m.config = read_blob_verified(source, m.manifest.config, what)
+    if m.desc.platform is None:
+        m.desc = m.desc.replace(platform=platform_of_config(m.config, what) or None)
 
 
 def _visit(source: ImageSource, desc: Descriptor, out: Plan, platforms: list[str] | None, seen: set[Digest],
@@ -139,8 +169,10 @@ def _visit(source: ImageSource, desc: Descriptor, out: Plan, platforms: list[str
         # Nested indexes are read in turn, so the threads stay bounded.
         found = each(visit, children, LIGHT_THREADS, "manifest") if depth == 0 else [visit(c) for c in children]
         return [m for ms in found for m in ms]
+    if desc.platform or not platforms:  # the config is not needed to choose: read later (start_plan)
+        return [Platformed(desc, doc, raw, None)] if matches_platform(desc.platform, platforms) else []
     config = read_blob_verified(source, doc.config, f"{source.name}: config {doc.config.digest}")
-    platform = desc.platform or platform_of_config(config, f"{source.name}: config {doc.config.digest}")
+    platform = platform_of_config(config, f"{source.name}: config {doc.config.digest}")
     if not matches_platform(platform, platforms):
         return []
     return [Platformed(desc.replace(platform=platform or None), doc, raw, config)]
@@ -166,14 +198,19 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
     started = time.perf_counter()
     if isinstance(sink, LookupWarmer):
         sink.warm_lookups()  # its round trips overlap the source's
-    p = plan(source, opts.platforms)
+    p = start_plan(source, opts.platforms)
     name = opts.tag or p.tag
     if not name:
+        _join_quietly(p.reads)
         raise UsageError(f"{source.name}: the image has no tag; name the result with --tag")
     early = _EarlyImage(sink, p, opts.mode, name) if isinstance(sink, RecordStager) else None
     job = LayerJob(source, sink, opts.params, opts.mode == "add", opts.table, opts.workers, opts.max_size, opts.progress,
                    target_known=early.known if early else None)
-    _check_layers_present(source, p)
+    try:
+        _check_layers_present(source, p)
+    except BaseException:
+        _join_quietly(p.reads)
+        raise
     configs = _put_configs(sink, p)
     try:
         outcomes = _run_layers(job, p, opts.jobs, early)
@@ -191,14 +228,19 @@ def _put_configs(sink: Sink, p: Plan) -> Parallel[Platformed, Descriptor]:
     leaves configs as they are, so they are known from the start). On a
     registry each is a HEAD, a POST and a PUT, which were three of the round
     trips after the last layer, when both cores wait."""
-    return Parallel(lambda m: put_bytes(sink, m.config, m.manifest.config.media_type), p.manifests, LIGHT_THREADS,
-                    "config")
+    def put(m: Platformed) -> Descriptor:
+        p.configs()
+        assert m.config is not None  # configs() has read it
+        return put_bytes(sink, m.config, m.manifest.config.media_type)
+
+    return Parallel(put, p.manifests, LIGHT_THREADS, "config")
 
 
-def _join_quietly(writes: Parallel[Any, Any]) -> None:
+def _join_quietly(writes: Parallel[Any, Any] | None) -> None:
     """Wait for ``writes`` while another error is on its way out (that one is reported)."""
     with contextlib.suppress(Exception):
-        writes.join()
+        if writes is not None:
+            writes.join()
 
 
 class _EarlyImage:
@@ -224,6 +266,7 @@ class _EarlyImage:
             self._targets[layer.digest] = target
             if self.image is not None or not self._wanted <= self._targets.keys():
                 return
+            self._plan.configs()  # the manifests name the platforms
             _, root = _manifests(self._plan, self._targets, self._mode)
             self.image = image = ImageRecord(self._name, root)
         _stage_image(self._sink, image)
@@ -329,6 +372,7 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int, early: _EarlyImage | None = N
                 nonlocal taken
                 if failed is not None:
                     raise failed
+                p.configs()  # nothing is written for an image whose config is bad
                 taken = True  # convert owns what was opened from here on
                 return job.convert(d, opened)
 
@@ -339,7 +383,11 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int, early: _EarlyImage | None = N
                     opened.close()  # the layer never got to it
                 raise
 
-        light_runs = Parallel(lambda i: job.finish(layers[i], found[i]), light, LIGHT_THREADS, "layer-light")
+        def finish(i: int) -> LayerOutcome:
+            p.configs()
+            return job.finish(layers[i], found[i])
+
+        light_runs = Parallel(finish, light, LIGHT_THREADS, "layer-light")
         heavy_runs = Parallel(convert, list(enumerate(heavy)), max(1, jobs) + TAIL_THREADS, "layer")
         settled = dict(zip(light, light_runs.outcomes(), strict=True))
         settled.update(zip(heavy, heavy_runs.outcomes(), strict=True))
