@@ -227,7 +227,8 @@ def test_a_mountable_canonical_blob_holds_nothing_up(registry: Any, skopeo: str,
             writer.commit = gated
         return writer
 
-    layers = {x.digest for x in plan(source, None).manifests[0].manifest.layers}
+    (platformed,) = plan(source, None).manifests
+    layers = {x.digest for x in platformed.manifest.layers}
     source.open_blob = open_and_tell  # type: ignore[method-assign]
     sink.client.head_blob = head_once_opened  # type: ignore[method-assign]
     sink.client.mount_blob = mount_and_tell  # type: ignore[method-assign]
@@ -236,7 +237,7 @@ def test_a_mountable_canonical_blob_holds_nothing_up(registry: Any, skopeo: str,
     sink.close()
     source.close()
     assert [o.status for o in result.layers] == ["converted"] * 3
-    assert seen["mounting"] == layers
+    assert seen["mounting"] == layers | {platformed.manifest.config.digest}  # the config is mounted too
     reader = RegistrySink(registry.host, repo)
     assert all(reader.stat_blob(d) is not None for d in layers)
     reader.close()
@@ -410,6 +411,72 @@ def test_the_layers_blobs_are_opened_while_the_config_is_read(registry: Any, sko
     assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "amd64"]  # from the config
     with reader.open_blob(config.digest) as f:
         assert f.read() == platformed.config
+    reader.close()
+
+
+def test_a_configs_head_goes_beside_its_read_and_once(registry: Any, tmp_path: Path) -> None:
+    """Whether the sink has the config is asked while the config is read, not
+    after; the upload that follows a no does not ask again. The source below
+    answers the config only once the HEAD for it has gone out."""
+    src = write_layout(tmp_path / "app", {"app": TARS})
+    source = open_source(f"oci:{src}:app")
+    config = plan(source, None).manifests[0].manifest.config
+    sink = RegistrySink(registry.host, repo_name(), tag="v1", mode="replace")
+    heads: list[Digest] = []
+    asked = threading.Event()
+    head_blob, open_blob = sink.client.head_blob, source.open_blob
+
+    def head_and_tell(repo: str, digest: Digest) -> int | None:
+        heads.append(digest)
+        if digest == config.digest:
+            asked.set()
+        return head_blob(repo, digest)
+
+    def open_gated(desc: Descriptor) -> Any:
+        if desc.digest == config.digest:
+            assert asked.wait(10), "the config was read before the sink was asked for it"
+        return open_blob(desc)
+
+    sink.client.head_blob = head_and_tell  # type: ignore[method-assign]
+    source.open_blob = open_gated  # type: ignore[method-assign]
+    convert_image(source, sink, ConvertOptions(mode="replace", tag="v1"))
+    sink.close()
+    assert heads.count(config.digest) == 1, heads
+    reader = RegistrySink(registry.host, sink.repository)
+    with reader.open_blob(config.digest) as f:
+        assert Digest.of(f.read()) == config.digest
+    reader.close()
+
+
+def test_a_config_from_the_same_host_is_mounted(registry: Any, skopeo: str, layout: Path) -> None:
+    """A config the registry holds in the source's repository is mounted, one
+    round trip after its read, not uploaded."""
+    src_repo, repo = repo_name(), repo_name()
+    skopeo_push(skopeo, layout, "app", f"{registry.host}/{src_repo}:gzip")
+    source = RegistrySource.from_ref(f"{registry.host}/{src_repo}:gzip")
+    config = plan(source, None).manifests[0].manifest.config
+    sink = RegistrySink(registry.host, repo, tag="v1", mode="add")
+    mounts: list[Digest] = []
+    uploads: list[Digest] = []
+    mount_blob, complete_upload = sink.client.mount_blob, sink.client.complete_upload
+
+    def mount_and_log(repo: str, digest: Digest, source_repo: str) -> bool:
+        mounts.append(digest)
+        return mount_blob(repo, digest, source_repo)
+
+    def complete_and_log(repo: str, location: str, digest: Digest, data: bytes) -> None:
+        uploads.append(digest)
+        complete_upload(repo, location, digest, data)
+
+    sink.client.mount_blob = mount_and_log  # type: ignore[method-assign]
+    sink.client.complete_upload = complete_and_log  # type: ignore[method-assign]
+    convert_image(source, sink, ConvertOptions(mode="add", tag="v1"))
+    sink.close()
+    source.close()
+    assert config.digest in mounts and config.digest not in uploads, (mounts, uploads)
+    reader = RegistrySink(registry.host, repo)
+    with reader.open_blob(config.digest) as f:
+        assert Digest.of(f.read()) == config.digest
     reader.close()
 
 

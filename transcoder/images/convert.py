@@ -37,10 +37,10 @@ from ..digest import Digest
 from ..errors import ManifestError, SinkError, UsageError
 from ..parallel import Parallel, each
 from ..records import ImageRecord
-from ..sinks.base import LookupWarmer, RecordStager, Sink, put_bytes
+from ..sinks.base import LookupWarmer, RecordStager, Sink, StatAhead, put_bytes
 from ..transcode import default_workers
 from ..variants import VariantTable
-from .layers import LayerJob, LayerOutcome, ProgressFactory
+from .layers import LayerJob, LayerOutcome, ProgressFactory, mounted
 from .model import Index, Manifest, build_index, canonical_json, matches_platform, oci_config_type, parse, platform_of_config
 from .source import ImageSource
 
@@ -211,7 +211,10 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
     except BaseException:
         _join_quietly(p.reads)
         raise
-    configs = _put_configs(sink, p)
+    if isinstance(sink, StatAhead):  # beside the configs' reads, not after them
+        for m in p.manifests:
+            sink.stat_ahead(m.manifest.config.digest)
+    configs = _put_configs(source, sink, p)
     try:
         outcomes = _run_layers(job, p, opts.jobs, early)
     except BaseException:
@@ -223,15 +226,21 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
     return ImageResult(name, p.root, root, opts.mode, layers, time.perf_counter() - started)
 
 
-def _put_configs(sink: Sink, p: Plan) -> Parallel[Platformed, Descriptor]:
+def _put_configs(source: ImageSource, sink: Sink, p: Plan) -> Parallel[Platformed, Descriptor]:
     """Every config into the sink while the layers transcode (a conversion
-    leaves configs as they are, so they are known from the start). On a
-    registry each is a HEAD, a POST and a PUT, which were three of the round
-    trips after the last layer, when both cores wait."""
+    leaves configs as they are, so they are known from the start), once all
+    are verified. On a registry each was a HEAD, a POST and a PUT after its
+    read; now the HEAD goes beside the read (``stat_ahead``), and what
+    follows is a mount when the source is on the same host, else the POST
+    and the PUT."""
+
     def put(m: Platformed) -> Descriptor:
         p.configs()
+        desc = m.manifest.config
+        if isinstance(sink, StatAhead) and (sink.stat_blob(desc.digest) == desc.size or mounted(source, sink, desc)):
+            return Descriptor(desc.media_type, desc.digest, desc.size)
         assert m.config is not None  # configs() has read it
-        return put_bytes(sink, m.config, m.manifest.config.media_type)
+        return put_bytes(sink, m.config, desc.media_type)
 
     return Parallel(put, p.manifests, LIGHT_THREADS, "config")
 

@@ -32,14 +32,14 @@ from .source import ImageSource
 ProgressFactory = Callable[[Descriptor], AbstractContextManager[Progress | None]]
 
 
-def _mounted(source: ImageSource, sink: Sink, desc: Descriptor) -> bool:
+def mounted(source: ImageSource, sink: Sink, desc: Descriptor) -> bool:
     """True if the sink could link the blob from the source without moving bytes."""
     return isinstance(sink, BlobMounter) and sink.mount_blob(desc, source)
 
 
 def copy_blob(source: ImageSource, sink: Sink, desc: Descriptor) -> None:
     """Stream a blob from ``source`` into ``sink``, verified; skip if present."""
-    if sink.stat_blob(desc.digest) == desc.size or _mounted(source, sink, desc):
+    if sink.stat_blob(desc.digest) == desc.size or mounted(source, sink, desc):
         return
     writer = sink.blob_writer(desc.media_type, key_hint=str(desc.digest), size_hint=desc.size)
     try:

@@ -64,6 +64,9 @@ class RegistrySink:
                                      authfile=authfile, repository=repository)
         self.host = self.client.host
         self._present: set[Digest] = set()  # blobs and manifests known to be in the repository
+        # Blobs a HEAD found missing: a writer of one asks no second time (if
+        # another writer pushes it meanwhile, pushing it again is harmless).
+        self._absent: set[Digest] = set()
         self._pushed: dict[Digest, bytes] = {}  # manifests pushed by this sink, for put_image
         self._lock = threading.Lock()
         self._stats: Ahead[Digest, int | None] = Ahead("blob-stat", TranscoderError)  # HEADs asked ahead
@@ -112,8 +115,8 @@ class RegistrySink:
 
     def _head(self, digest: Digest) -> int | None:
         size = self.client.head_blob(self.repository, digest)
-        if size is not None:
-            self._present.add(digest)
+        with self._lock:
+            (self._present if size is not None else self._absent).add(digest)
         return size
 
     def stat_ahead(self, digest: Digest) -> None:
@@ -129,7 +132,8 @@ class RegistrySink:
         # A caller that can name the digest up front is copying a blob that may
         # be here already; one that cannot is writing bytes it has just made.
         known = key_hint is not None and is_digest(key_hint)
-        return _Writer(self, f"{self.location}: blob {key_hint or media_type}", ask_first=known)
+        ask = known and as_digest(key_hint or "") not in self._absent
+        return _Writer(self, f"{self.location}: blob {key_hint or media_type}", ask_first=ask)
 
     def can_mount(self, source: object) -> bool:
         """True for a registry source on the same host: a blob of another
