@@ -7,7 +7,9 @@ import gzip
 import io
 import json
 import os
+import random
 import subprocess
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from transcoder.descriptor import ANNOTATION_ZSTD, OCI_CONFIG, OCI_LAYER_GZIP, O
 from transcoder.digest import Digest
 from transcoder.errors import AuthError, DigestMismatch, NotFound, SinkError, SizeMismatch, TransientError
 from transcoder.images.convert import ConvertOptions, convert_image, plan
+from transcoder.images.layers import NEAR_END
 from transcoder.images.source import open_source
 from transcoder.records import ImageRecord, VariantRecord
 from transcoder.registry.auth import Credentials
@@ -332,6 +335,75 @@ def test_small_layers_open_their_blobs_before_their_turn(registry: Any, skopeo: 
     for outcome, tar in zip(result.layers, TARS, strict=True):
         with reader.open_blob(outcome.target.digest) as f:
             assert unzstd(f.read()) == tar
+    reader.close()
+
+
+def _random_tar(seed: int, size: int) -> bytes:
+    """A tar of one incompressible file: its gzip is as big as it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(f"random{seed}.bin")
+        info.size = size
+        tar.addfile(info, io.BytesIO(random.Random(seed).randbytes(size)))
+    return buf.getvalue()
+
+
+def test_a_layer_after_a_big_one_opens_its_blob_as_the_big_one_nears_its_end(registry: Any, tmp_path: Path) -> None:
+    """The layer after a big one opens its blob (and its upload) before its
+    turn, so on a long link that round trip overlaps the big layer's end, but
+    not before the big layer is within NEAR_END bytes of the end of its
+    source: a stream opened long before it is read could sit idle past a
+    server's timeout. The source below lets the big layer read on past that
+    point only once the next layer's blob has been opened, and notes how far
+    the big layer had read then."""
+    src = write_layout(tmp_path / "app", {"app": [_random_tar(5, 24 << 20), TARS[0]]})
+    source = open_source(f"oci:{src}:app")
+    first, second = plan(source, None).manifests[0].manifest.layers
+    near = first.size - NEAR_END
+    state = {"read": 0, "read_when_second_opened": -1}
+    second_opened = threading.Event()
+    open_blob = source.open_blob
+
+    class Gated:
+        """The big layer's blob, read through ``read`` only (no ``read_view`` or ``read1``)."""
+
+        def __init__(self, blob: Any) -> None:
+            self._blob = blob
+
+        def read(self, *args: Any) -> Any:
+            if state["read"] >= near:
+                assert second_opened.wait(10), "the layer after the big one opened its blob only in its turn"
+            data = self._blob.read(*args)
+            state["read"] += len(data)
+            return data
+
+        def close(self) -> None:
+            self._blob.close()
+
+        def __enter__(self) -> Gated:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._blob.close()
+
+    def open_gated(desc: Descriptor) -> Any:
+        blob = open_blob(desc)
+        if desc.digest == first.digest:
+            return Gated(blob)
+        if desc.digest == second.digest:
+            state["read_when_second_opened"] = state["read"]
+            second_opened.set()
+        return blob
+
+    source.open_blob = open_gated  # type: ignore[method-assign]
+    sink = RegistrySink(registry.host, repo_name(), tag="v1", mode="replace")
+    result = convert_image(source, sink, ConvertOptions(mode="replace", tag="v1", jobs=1, workers=2))
+    sink.close()
+    assert [o.status for o in result.layers] == ["converted"] * 2
+    assert state["read_when_second_opened"] >= near, state
+    reader = RegistrySink(registry.host, sink.repository)
+    with reader.open_blob(result.layers[1].target.digest) as f:
+        assert unzstd(f.read()) == TARS[0]
     reader.close()
 
 

@@ -360,20 +360,31 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int, early: _EarlyImage | None = N
     workers = job.workers or default_workers()
     admission = _Admission(max(1, jobs))
     with EncoderThreads(max(0, workers - 1) if heavy else 0) as threads:
-        job = dataclasses.replace(job, threads=threads, source_read=admission.ease)
-
-        # A small layer with no big one before it opens its blob (and its
-        # output's upload) before its turn: on a long link those round trips
-        # overlap the wait, which is short (the layers before it are small
-        # too), so the layers of a many-layer image do not start a round trip
-        # apart.
-        first_big = next((p for p, i in enumerate(heavy) if _big(layers[i], workers)), len(heavy))
+        # Every layer opens its blob (and its output's upload) before its
+        # turn, so on a long link those round trips overlap the wait instead
+        # of following it. The wait must stay short (a stream left idle for
+        # long is cut by load balancers, and a presigned URL expires): a
+        # small layer with no big one before it opens at once, since the
+        # layers before it are small too; any other once the layer before it
+        # is near the end of its source (``source_near``) or has ended.
+        near = {layers[i].digest: threading.Event() for i in heavy}
+        first_big = next((pos for pos, i in enumerate(heavy) if _big(layers[i], workers)), len(heavy))
+        job = dataclasses.replace(job, threads=threads, source_read=admission.ease,
+                                  source_near=lambda d: near[d.digest].set())
 
         def convert(item: tuple[int, int]) -> LayerOutcome:
-            position, x = item[0], layers[item[1]]
-            opened, failed, taken = None, None, False
             try:
-                opened = job.open(x) if position < first_big else None
+                return _convert(*item)
+            finally:
+                near[layers[item[1]].digest].set()  # at the latest: the next layer never waits forever
+
+        def _convert(position: int, i: int) -> LayerOutcome:
+            x = layers[i]
+            opened, failed, taken = None, None, False
+            if position >= first_big and position > 0:
+                near[layers[heavy[position - 1]].digest].wait()
+            try:
+                opened = job.open(x)
             except Exception as exc:  # raised in the layer's turn, which the layers after it wait for
                 failed = exc
 

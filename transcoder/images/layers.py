@@ -31,6 +31,12 @@ from .source import ImageSource
 
 ProgressFactory = Callable[[Descriptor], AbstractContextManager[Progress | None]]
 
+# Source bytes left to read when a layer tells that the next one's turn is
+# near (``LayerJob.source_near``): the next one then opens its blob, which
+# waits idle for at most the time these take to read and decode, well under
+# a second here, far from any server's idle timeout.
+NEAR_END = 16 << 20
+
 
 def mounted(source: ImageSource, sink: Sink, desc: Descriptor) -> bool:
     """True if the sink could link the blob from the source without moving bytes."""
@@ -100,6 +106,9 @@ class LayerJob:
     # Told once a transcoded layer's source has been read to its end: what is
     # left (the last frames, the commit) no longer needs every core.
     source_read: Callable[[Descriptor], None] | None = None
+    # Told once at most NEAR_END bytes of a transcoded layer's source are left
+    # to read (at its start, for a smaller layer): the next layer's turn is near.
+    source_near: Callable[[Descriptor], None] | None = None
     # Told a transcoded layer's output once it is verified, before its commit.
     target_known: Callable[[Descriptor, Descriptor], None] | None = None
 
@@ -233,21 +242,24 @@ class LayerJob:
         return made[0]
 
     def _watch_reads(self, layer: Descriptor, tick: Progress | None) -> Progress | None:
-        """``tick``, also calling ``source_read`` once ``layer.size`` bytes have been read."""
-        told = self.source_read
-        if told is None:
+        """``tick``, also calling ``source_near`` once ``NEAR_END`` bytes or
+        fewer are left to read, and ``source_read`` once ``layer.size`` bytes
+        have been read."""
+        marks = [(at, tell) for at, tell in ((layer.size - NEAR_END, self.source_near), (layer.size, self.source_read))
+                 if tell is not None]
+        while marks and marks[0][0] <= 0:
+            marks.pop(0)[1](layer)
+        if not marks:
             return tick
         read = 0
 
         def progress(n: int) -> None:
-            nonlocal read, told
+            nonlocal read
             read += n
             if tick is not None:
                 tick(n)
-            if told is not None and read >= layer.size:
-                done = told
-                told = None
-                done(layer)
+            while marks and read >= marks[0][0]:
+                marks.pop(0)[1](layer)
 
         return progress
 
