@@ -88,3 +88,34 @@ def test_ahead_gives_a_started_result_once_and_redoes_a_failed_one() -> None:
     ahead.start("c", lambda: 1 / 0)  # type: ignore[arg-type,return-value]
     with pytest.raises(ZeroDivisionError):
         ahead.take("c", lambda: call("never"))
+
+
+def test_ahead_drain_waits_for_the_calls_not_taken() -> None:
+    """``drain`` returns only once every call started and not taken has
+    ended, a failed one included, and forgets them: a later take calls anew."""
+    from transcoder.errors import TransientError
+    from transcoder.parallel import Ahead
+
+    release = threading.Event()
+    ended: list[str] = []
+
+    def slow(tag: str) -> str:
+        assert release.wait(10)
+        ended.append(tag)
+        return tag
+
+    def broken() -> str:
+        slow("broken")
+        raise TransientError("broken")
+
+    ahead: Ahead[str, str] = Ahead("test", TransientError)
+    ahead.start("a", lambda: slow("a"))
+    ahead.start("b", broken)
+    draining = threading.Thread(target=ahead.drain)
+    draining.start()
+    draining.join(0.2)
+    assert draining.is_alive() and ended == []  # both calls are still under way
+    release.set()
+    draining.join(10)
+    assert not draining.is_alive() and sorted(ended) == ["a", "broken"]
+    assert ahead.take("a", lambda: "anew") == "anew"

@@ -608,8 +608,10 @@ def test_a_layer_whose_blob_fails_to_open_cancels_its_upload(registry: Any, tmp_
     """Fault injection: the second layer's blob cannot be opened. The
     conversion fails with that error, and in bounded time (the layers after it
     do not wait forever for its turn); the upload session opened ahead for its
-    output is cancelled, and every other one was committed (the registry knows
-    none of them: none is left to expire there); no tag is written."""
+    output is cancelled, and every other one was committed before the call
+    returned, the record blobs staged by the layers that succeeded included
+    (the registry knows none of them: none is left to expire there); no tag
+    is written."""
     src = write_layout(tmp_path / "app", {"app": TARS})
     source = open_source(f"oci:{src}:app")
     (platformed,) = plan(source, None).manifests

@@ -94,6 +94,13 @@ class Ahead(Generic[K, R]):
                 pass
         return fn()
 
+    def drain(self) -> None:
+        """Wait for every call started and not taken, dropping its result or error."""
+        with self._lock:
+            calls, self._calls = list(self._calls.values()), {}
+        for call in calls:
+            call.outcomes()
+
 
 def each(fn: Callable[[T], R], items: Sequence[T], threads: int, name: str) -> list[R]:
     """``Parallel(...).join()``: the results in item order, or the first error in item order."""

@@ -217,11 +217,14 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
     configs = _put_configs(source, sink, p)
     try:
         outcomes = _run_layers(job, p, opts.jobs, early)
+        configs.join()
+        root = _write_outputs(job, p, outcomes, opts.mode, name, early)
     except BaseException:
         _join_quietly(configs)
         raise
-    configs.join()
-    root = _write_outputs(job, p, outcomes, opts.mode, name, early)
+    finally:
+        if isinstance(sink, RecordStager):
+            sink.drop_staged()  # what an image that failed staged ends before this returns
     layers = [outcomes[d] for d in dict.fromkeys(x.digest for m in p.manifests for x in m.manifest.layers)]
     return ImageResult(name, p.root, root, opts.mode, layers, time.perf_counter() - started)
 

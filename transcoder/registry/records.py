@@ -133,6 +133,12 @@ class RepositoryRecords:
 
     # -- images ---------------------------------------------------------------------
 
+    def drop_staged(self) -> None:
+        """Wait for the record blobs pushed ahead that no put took (an image
+        that failed, or whose root changed): none is left half-sent."""
+        self._staged.drain()
+        self._staged_images.drain()
+
     def stage_image(self, rec: ImageRecord) -> None:
         """Start pushing the record's blob, before its root is pushed (nothing
         points to it until :meth:`put_image`), unless the name is bound to that

@@ -98,6 +98,10 @@ class RecordStager(Protocol):
 
     def stage_image(self, rec: ImageRecord) -> None: ...
 
+    def drop_staged(self) -> None:
+        """Wait for what was staged and not put (an image that failed) to end;
+        it stays invisible."""
+
 
 @runtime_checkable
 class LookupWarmer(Protocol):

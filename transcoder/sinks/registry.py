@@ -206,6 +206,9 @@ class RegistrySink:
     def stage_image(self, rec: ImageRecord) -> None:
         self.records.stage_image(rec)
 
+    def drop_staged(self) -> None:
+        self.records.drop_staged()
+
     def put_variant(self, rec: VariantRecord) -> None:
         self.records.put_variant(rec)
 
