@@ -361,57 +361,16 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int, early: _EarlyImage | None = N
     # decode thread is one more), so cores are not oversubscribed while
     # several run and the last layer alone still gets them all.
     workers = job.workers or default_workers()
-    admission = _Admission(max(1, jobs))
     with EncoderThreads(max(0, workers - 1) if heavy else 0) as threads:
-        # Every layer opens its blob (and its output's upload) before its
-        # turn, so on a long link those round trips overlap the wait instead
-        # of following it. The wait must stay short (a stream left idle for
-        # long is cut by load balancers, and a presigned URL expires): a
-        # small layer with no big one before it opens at once, since the
-        # layers before it are small too; any other once the layer before it
-        # is near the end of its source (``source_near``) or has ended.
-        near = {layers[i].digest: threading.Event() for i in heavy}
-        first_big = next((pos for pos, i in enumerate(heavy) if _big(layers[i], workers)), len(heavy))
-        job = dataclasses.replace(job, threads=threads, source_read=admission.ease,
-                                  source_near=lambda d: near[d.digest].set())
-
-        def convert(item: tuple[int, int]) -> LayerOutcome:
-            try:
-                return _convert(*item)
-            finally:
-                near[layers[item[1]].digest].set()  # at the latest: the next layer never waits forever
-
-        def _convert(position: int, i: int) -> LayerOutcome:
-            x = layers[i]
-            opened, failed, taken = None, None, False
-            if position >= first_big and position > 0:
-                near[layers[heavy[position - 1]].digest].wait()
-            try:
-                opened = job.open(x)
-            except Exception as exc:  # raised in the layer's turn, which the layers after it wait for
-                failed = exc
-
-            def work(d: Descriptor) -> LayerOutcome:
-                nonlocal taken
-                if failed is not None:
-                    raise failed
-                p.configs()  # nothing is written for an image whose config is bad
-                taken = True  # convert owns what was opened from here on
-                return job.convert(d, opened)
-
-            try:
-                return admission.run(position, _weight(x, workers, jobs), work, x, big=_big(x, workers))
-            except BaseException:
-                if opened is not None and not taken:
-                    opened.close()  # the layer never got to it
-                raise
 
         def finish(i: int) -> LayerOutcome:
             p.configs()
             return job.finish(layers[i], found[i])
 
         light_runs = Parallel(finish, light, LIGHT_THREADS, "layer-light")
-        heavy_runs = Parallel(convert, list(enumerate(heavy)), max(1, jobs) + TAIL_THREADS, "layer")
+        transcodes = _Transcodes(dataclasses.replace(job, threads=threads), p, [layers[i] for i in heavy], workers,
+                                 jobs)
+        heavy_runs = Parallel(transcodes.run, list(range(len(heavy))), max(1, jobs) + TAIL_THREADS, "layer")
         settled = dict(zip(light, light_runs.outcomes(), strict=True))
         settled.update(zip(heavy, heavy_runs.outcomes(), strict=True))
     done: dict[Digest, LayerOutcome] = {}
@@ -422,6 +381,61 @@ def _run_layers(job: LayerJob, p: Plan, jobs: int, early: _EarlyImage | None = N
         assert outcome is not None  # a call without an error returned one
         done[x.digest] = outcome
     return done
+
+
+class _Transcodes:
+    """The layers to transcode, in plan order, each through the admission.
+
+    Every layer opens its blob (and its output's upload) before its turn, so
+    on a long link those round trips overlap the wait instead of following
+    it. The wait must stay short (a stream left idle for long is cut by load
+    balancers, and a presigned URL expires): a small layer with no big one
+    before it opens at once, since the layers before it are small too; any
+    other once the layer before it is near the end of its source
+    (``LayerJob.source_near``) or has ended."""
+
+    def __init__(self, job: LayerJob, p: Plan, layers: list[Descriptor], workers: int, jobs: int) -> None:
+        self._plan = p
+        self._layers = layers
+        self._workers = workers
+        self._jobs = jobs
+        self._admission = _Admission(max(1, jobs))
+        self._near = {x.digest: threading.Event() for x in layers}
+        self._first_big = next((pos for pos, x in enumerate(layers) if _big(x, workers)), len(layers))
+        self._job = dataclasses.replace(job, source_read=self._admission.ease,
+                                        source_near=lambda d: self._near[d.digest].set())
+
+    def run(self, position: int) -> LayerOutcome:
+        """The layer at ``position``, opened ahead, then transcoded in its turn."""
+        try:
+            return self._run(position, self._layers[position])
+        finally:
+            self._near[self._layers[position].digest].set()  # at the latest: the next layer never waits forever
+
+    def _run(self, position: int, x: Descriptor) -> LayerOutcome:
+        if position >= self._first_big and position > 0:
+            self._near[self._layers[position - 1].digest].wait()
+        opened, failed, taken = None, None, False
+        try:
+            opened = self._job.open(x)
+        except Exception as exc:  # raised in the layer's turn, which the layers after it wait for
+            failed = exc
+
+        def work(d: Descriptor) -> LayerOutcome:
+            nonlocal taken
+            if failed is not None:
+                raise failed
+            self._plan.configs()  # nothing is written for an image whose config is bad
+            taken = True  # convert owns what was opened from here on
+            return self._job.convert(d, opened)
+
+        try:
+            return self._admission.run(position, _weight(x, self._workers, self._jobs), work, x,
+                                       big=_big(x, self._workers))
+        except BaseException:
+            if opened is not None and not taken:
+                opened.close()  # the layer never got to it
+            raise
 
 
 def _weight(layer: Descriptor, workers: int, jobs: int) -> int:
