@@ -40,7 +40,7 @@ from ..records import ImageRecord
 from ..sinks.base import LookupWarmer, RecordStager, Sink, StatAhead, put_bytes
 from ..transcode import default_workers
 from ..variants import VariantTable
-from .layers import LayerJob, LayerOutcome, ProgressFactory, mounted
+from .layers import LayerJob, LayerOutcome, Opened, ProgressFactory, mounted
 from .model import Index, Manifest, build_index, canonical_json, matches_platform, oci_config_type, parse, platform_of_config
 from .source import ImageSource
 
@@ -200,17 +200,16 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
         sink.warm_lookups()  # its round trips overlap the source's
     p = start_plan(source, opts.platforms)
     name = opts.tag or p.tag
-    if not name:
-        _join_quietly(p.reads)
-        raise UsageError(f"{source.name}: the image has no tag; name the result with --tag")
-    early = _EarlyImage(sink, p, opts.mode, name) if isinstance(sink, RecordStager) else None
-    job = LayerJob(source, sink, opts.params, opts.mode == "add", opts.table, opts.workers, opts.max_size, opts.progress,
-                   target_known=early.known if early else None)
-    try:
+    try:  # checks before any write; a failure waits for the configs' reads, then is raised
+        if not name:
+            raise UsageError(f"{source.name}: the image has no tag; name the result with --tag")
         _check_layers_present(source, p)
     except BaseException:
         _join_quietly(p.reads)
         raise
+    early = _EarlyImage(sink, p, opts.mode, name) if isinstance(sink, RecordStager) else None
+    job = LayerJob(source, sink, opts.params, opts.mode == "add", opts.table, opts.workers, opts.max_size, opts.progress,
+                   target_known=early.known if early else None)
     if isinstance(sink, StatAhead):  # beside the configs' reads, not after them
         for m in p.manifests:
             sink.stat_ahead(m.manifest.config.digest)
@@ -415,16 +414,17 @@ class _Transcodes:
     def _run(self, position: int, x: Descriptor) -> LayerOutcome:
         if position >= self._first_big and position > 0:
             self._near[self._layers[position - 1].digest].wait()
-        opened, failed, taken = None, None, False
+        opened: Opened | Exception
+        taken = False
         try:
             opened = self._job.open(x)
         except Exception as exc:  # raised in the layer's turn, which the layers after it wait for
-            failed = exc
+            opened = exc
 
         def work(d: Descriptor) -> LayerOutcome:
             nonlocal taken
-            if failed is not None:
-                raise failed
+            if isinstance(opened, Exception):
+                raise opened
             self._plan.configs()  # nothing is written for an image whose config is bad
             taken = True  # convert owns what was opened from here on
             return self._job.convert(d, opened)
@@ -433,7 +433,7 @@ class _Transcodes:
             return self._admission.run(position, _weight(x, self._workers, self._jobs), work, x,
                                        big=_big(x, self._workers))
         except BaseException:
-            if opened is not None and not taken:
+            if not taken and not isinstance(opened, Exception):
                 opened.close()  # the layer never got to it
             raise
 

@@ -149,17 +149,14 @@ class LayerJob:
         The writer goes first: a sink that opens an upload session for it (a
         registry) does so on a thread of its own, so that round trip overlaps
         the blob's instead of following it."""
-        writer = self._writer(layer)
+        writer = self.sink.blob_writer(OCI_LAYER_ZSTD, key_hint=f"{layer.digest}-{self.params.key}")
         try:
             return Opened(writer, self.source.open_blob(layer))
         except BaseException:
             writer.abort()
             raise
 
-    def _writer(self, layer: Descriptor) -> BlobWriter:
-        return self.sink.blob_writer(OCI_LAYER_ZSTD, key_hint=f"{layer.digest}-{self.params.key}")
-
-    def convert(self, layer: Descriptor, opened: Opened | None = None) -> LayerOutcome:
+    def convert(self, layer: Descriptor, opened: Opened) -> LayerOutcome:
         """Transcode ``layer``, whose variant is known nowhere (``opened``: its
         writer and blob from :meth:`open`, taken over here)."""
         started = time.perf_counter()
@@ -191,7 +188,7 @@ class LayerJob:
     def copy(self, desc: Descriptor) -> None:
         copy_blob(self.source, self.sink, desc)
 
-    def transcode(self, layer: Descriptor, opened: Opened | None = None) -> VariantRecord:
+    def transcode(self, layer: Descriptor, opened: Opened) -> VariantRecord:
         # The canonical blob, when kept: one the sink can have without our
         # bytes (a registry's mount from the same host, or a blob of its own
         # repository) is seen to once the transcode has verified the source,
@@ -200,18 +197,13 @@ class LayerJob:
         linked = self.keep_canonical and isinstance(self.sink, BlobMounter) and self.sink.can_mount(self.source)
         # transcode_stream commits or aborts every writer; those of a
         # transcode that never gets to it are aborted here.
-        writer = opened.writer if opened is not None else self._writer(layer)
+        writer, stream = opened
         tee = None
         try:
             if self.keep_canonical and not linked and self.sink.stat_blob(layer.digest) != layer.size:
                 tee = self.sink.blob_writer(layer.media_type, key_hint=str(layer.digest), size_hint=layer.size)
-            stream = opened.stream if opened is not None else self.source.open_blob(layer)
         except BaseException:
-            for unused in (writer, tee):
-                if unused is not None:
-                    unused.abort()
-            if opened is not None:
-                opened.stream.close()
+            opened.close()
             raise
         made: list[VariantRecord] = []  # the record, made once the transcode is verified
         linking: list[Parallel[Descriptor, None]] = []
