@@ -6,6 +6,12 @@ delays) for its answer, while a long body streams at loopback speed once its
 first byte is through. That is a long link as a client sees it, unlike a
 proxy that sleeps before every chunk (which also throttles big bodies).
 
+A client's ``connect()`` to the proxy returns at once, on loopback, where a
+long link takes a round trip (SYN, then SYN-ACK) before the client can send.
+So the first bytes of a new connection leave the proxy no earlier than two
+delays after it was accepted, plus the delay itself: opening a connection
+costs its round trip, as over a real link (``handshake=False`` drops this).
+
     with LatencyProxy(("127.0.0.1", 5000), delay=0.010) as proxy:   # 20 ms round trips
         ... talk to proxy.host ...
 """
@@ -25,14 +31,16 @@ CHUNK = 256 << 10
 class _Connection:
     """Both sockets of one proxied connection, closed once both directions have ended."""
 
-    def __init__(self, client: socket.socket, server: socket.socket, delay: float) -> None:
+    def __init__(self, client: socket.socket, server: socket.socket, delay: float, handshake: bool) -> None:
         self._sockets = (client, server)
         self._open = 2
         self._lock = threading.Lock()
         for s in self._sockets:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _Pipe(client, server, delay, self)
-        _Pipe(server, client, delay, self)
+        # When the client could first send over a real link: after the SYN and the SYN-ACK.
+        sendable = time.monotonic() + (2 * delay if handshake else 0.0)
+        _Pipe(client, server, delay, self, sendable)
+        _Pipe(server, client, delay, self, 0.0)
 
     def ended(self) -> None:
         with self._lock:
@@ -46,8 +54,10 @@ class _Connection:
 class _Pipe:
     """One direction of one connection: bytes read now, written ``delay`` later."""
 
-    def __init__(self, src: socket.socket, dst: socket.socket, delay: float, conn: _Connection) -> None:
+    def __init__(self, src: socket.socket, dst: socket.socket, delay: float, conn: _Connection,
+                 sendable: float) -> None:
         self._src, self._dst, self._delay, self._conn = src, dst, delay, conn
+        self._sendable = sendable
         self._queue: collections.deque[tuple[float, bytes]] = collections.deque()
         self._ready = threading.Condition()
         self._ended = False
@@ -62,7 +72,7 @@ class _Pipe:
                 data = b""
             with self._ready:
                 if data:
-                    self._queue.append((time.monotonic() + self._delay, data))
+                    self._queue.append((max(time.monotonic(), self._sendable) + self._delay, data))
                 else:
                     self._ended = True
                 self._ready.notify()
@@ -89,9 +99,10 @@ class _Pipe:
 
 
 class LatencyProxy:
-    def __init__(self, target: tuple[str, int], delay: float) -> None:
+    def __init__(self, target: tuple[str, int], delay: float, handshake: bool = True) -> None:
         self._target = target
         self._delay = delay
+        self._handshake = handshake
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.host = f"127.0.0.1:{self._listener.getsockname()[1]}"
         self._closed = False
@@ -103,7 +114,7 @@ class LatencyProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            _Connection(client, socket.create_connection(self._target), self._delay)
+            _Connection(client, socket.create_connection(self._target), self._delay, self._handshake)
 
     def close(self) -> None:
         self._closed = True

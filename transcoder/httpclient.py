@@ -24,8 +24,9 @@ from typing import Any
 
 import httpcore
 import httpx
+from httpcore._backends.sync import SyncBackend, SyncStream  # the plain-socket stream httpcore's backend makes
 
-from . import tls
+from . import preconnect, tls
 from .deadline import current
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -137,7 +138,19 @@ class DeadlineBackend(httpcore.NetworkBackend):
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
         options = [*(socket_options or ()), *self._options]
+        sock = self._opened_ahead(host, port, timeout, local_address)
+        if sock is not None:
+            for option in (*options, NODELAY):  # as httpcore sets them on a socket of its own
+                sock.setsockopt(*option)
+            return DeadlineStream(SyncStream(sock))
         return DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, options))
+
+    def _opened_ahead(self, host: str, port: int, timeout: float | None,
+                      local_address: str | None) -> socket.socket | None:
+        """A socket from :mod:`transcoder.preconnect`, where this backend makes plain sockets itself."""
+        if local_address is not None or not isinstance(self._inner, SyncBackend):
+            return None
+        return preconnect.take(host, port, timeout)
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
                             socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:

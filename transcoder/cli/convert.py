@@ -97,14 +97,43 @@ def _speaks_https(args: argparse.Namespace) -> bool:
     """Whether this conversion talks to a registry or the Actions cache (both probe or use TLS first)."""
     if args.src.startswith("docker://"):
         return True
+    kind, _ = _sink_spec(args)
+    return kind in ("registry", "gha")
+
+
+def _sink_spec(args: argparse.Namespace) -> tuple[str | None, dict[str, str]]:
     if not args.to:
-        return False
+        return None, {}
     from ..sinks import parse_spec
 
     try:
-        return parse_spec(args.to)[0] in ("registry", "gha")
+        return parse_spec(args.to)
     except UsageError:
-        return False  # reported, with the rest of the spec's checks, when the sink opens
+        return None, {}  # reported, with the rest of the spec's checks, when the sink opens
+
+
+# Connections opened ahead per registry named. A conversion's first round
+# trips go out side by side: on each side a probe, the manifest or the tag
+# listing, a config, and for each of the first layers (--jobs 2 plus 4 small
+# ones) its blob or its upload session. Sockets not taken close at exit.
+CONNECTIONS_AHEAD = 8
+
+
+def _open_ahead(args: argparse.Namespace) -> None:
+    """Start the TCP handshakes to the registries named while the HTTP stack loads (:mod:`..preconnect`)."""
+    from .. import preconnect
+    from ..registry.reference import parse_reference
+
+    refs = [args.src[len("docker://"):]] if args.src.startswith("docker://") else []
+    kind, opts = _sink_spec(args)
+    if kind == "registry" and opts.get("ref"):
+        refs.append(opts["ref"])
+    for text in refs:
+        try:
+            host, port = parse_reference(text, default_tag=None).endpoint
+        except UsageError:
+            continue  # reported when the source or the sink opens
+        preconnect.open_ahead(host, port, CONNECTIONS_AHEAD)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,6 +167,7 @@ def _run(args: argparse.Namespace, head: HeadStart | None) -> int:
             from .. import tls  # here: ssl is 13 ms of imports a local conversion never needs
 
             tls.warm()  # the CA bundle loads while the HTTP stack imports
+            _open_ahead(args)
         from .convert_image import run_image
 
         return run_image(args, params, max_size)

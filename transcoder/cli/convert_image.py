@@ -6,17 +6,23 @@ import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from ..codecs import ZstdParams
-from ..descriptor import Descriptor
 from ..errors import UsageError
-from ..images.convert import ConvertOptions, convert_image, describe
-from ..images.source import ImageSource, open_source
-from ..transcode import Progress
-from ..variants import VariantTable
+from ..images.source import ImageSource, ResolvesAhead, open_source
+from ..sinks.base import LookupWarmer, Sink
 from .convert import source_flags
 from .output import emit_json, progress, with_sink
 from .registry_flags import RegistryFlags, open_cli_sink
+
+if TYPE_CHECKING:
+    from ..codecs import ZstdParams
+    from ..descriptor import Descriptor
+    from ..images.convert import ImageResult
+    from ..transcode import Progress
+
+# The conversion machinery (images.convert, the variant table) loads only once
+# the source and the sink have started their first round trips (_start_ahead).
 
 
 @contextmanager
@@ -34,6 +40,15 @@ def _open_source(args: argparse.Namespace) -> ImageSource:
                        authfile=args.authfile)
 
 
+def _start_ahead(source: ImageSource, sink: Sink) -> None:
+    """The first round trips of both sides (the source's manifest, the sink's
+    tag listing), started before the rest of the conversion loads."""
+    if isinstance(source, ResolvesAhead):
+        source.resolve_ahead()
+    if isinstance(sink, LookupWarmer):
+        sink.warm_lookups()
+
+
 def run_image(args: argparse.Namespace, params: ZstdParams, max_size: int | None) -> int:
     if args.output:
         raise UsageError("convert: -o is for blobs; an image goes to a sink with --to type=local,dest=DIR")
@@ -45,14 +60,8 @@ def run_image(args: argparse.Namespace, params: ZstdParams, max_size: int | None
     except BaseException:
         sink.close()
         raise
-    mode = args.mode if args.mode != "add" else getattr(sink, "mode", "add")
-    opts = ConvertOptions(
-        params=params, mode=mode, tag=args.tag or getattr(sink, "tag", None), platforms=args.platform,
-        jobs=args.jobs, workers=args.workers, max_size=max_size, table=None if args.no_table else VariantTable(),
-        progress=_layer_bar if sys.stderr.isatty() else None,
-    )
     try:
-        result = with_sink(sink, lambda: convert_image(source, sink, opts))
+        result = _convert(args, params, max_size, source, sink)
     finally:
         source.close()
     if result is None:
@@ -60,5 +69,27 @@ def run_image(args: argparse.Namespace, params: ZstdParams, max_size: int | None
     if args.json:
         emit_json(result.to_json())
     else:
+        from ..images.convert import describe
+
         print("\n".join(describe(result)))
     return 0
+
+
+def _convert(args: argparse.Namespace, params: ZstdParams, max_size: int | None, source: ImageSource,
+             sink: Sink) -> ImageResult | None:
+    """The conversion; the sink is closed when this returns or raises."""
+    try:
+        _start_ahead(source, sink)
+        from ..images.convert import ConvertOptions, convert_image
+        from ..variants import VariantTable
+
+        mode = args.mode if args.mode != "add" else getattr(sink, "mode", "add")
+        opts = ConvertOptions(
+            params=params, mode=mode, tag=args.tag or getattr(sink, "tag", None), platforms=args.platform,
+            jobs=args.jobs, workers=args.workers, max_size=max_size,
+            table=None if args.no_table else VariantTable(), progress=_layer_bar if sys.stderr.isatty() else None,
+        )
+    except BaseException:
+        sink.close()
+        raise
+    return with_sink(sink, lambda: convert_image(source, sink, opts))

@@ -42,6 +42,15 @@ class ImageSource(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ResolvesAhead(Protocol):
+    """Optional: start :meth:`ImageSource.resolve`'s round trips in the
+    background, so that they overlap what the caller does meanwhile; the
+    later ``resolve()`` takes their result, or reports their failure."""
+
+    def resolve_ahead(self) -> None: ...
+
+
 def open_source(
     ref: str, *, credentials: Credentials | None = None, insecure: bool = False,
     authfile: str | os.PathLike[str] | None = None,

@@ -46,6 +46,8 @@ class RepositoryRecords:
         self._staged: Ahead[Digest, Descriptor] = Ahead("record-blob", TranscoderError)  # pushed ahead of their tags
         # An image record's blob likewise, or None: the name is bound to its root already.
         self._staged_images: Ahead[Digest, Descriptor | None] = Ahead("image-record", TranscoderError)
+        self._warming = False
+        self._warm_lock = threading.Lock()
         self._lock = threading.Lock()
 
     # -- tags --------------------------------------------------------------------
@@ -62,8 +64,12 @@ class RepositoryRecords:
             return set(self._tags)
 
     def warm(self) -> None:
-        """List the tags on a thread of their own; the first lookup then finds
-        the listing done, or waits for it instead of listing again."""
+        """List the tags on a thread of their own, once; the first lookup then
+        finds the listing done, or waits for it instead of listing again."""
+        with self._warm_lock:  # not _lock: a listing holds that for its round trip
+            if self._warming:
+                return
+            self._warming = True
         threading.Thread(target=self._warm, name="record-tags", daemon=True).start()
 
     def _warm(self) -> None:

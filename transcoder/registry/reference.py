@@ -27,6 +27,7 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "[::1]"}
+HTTPS_PORT = 443
 
 
 def check_repository(name: str, what: str = "repository") -> str:
@@ -65,6 +66,14 @@ class Reference:
     @property
     def api_host(self) -> str:
         return DOCKER_HUB_API if self.host == DOCKER_HUB else self.host
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        """Where the first connection goes: ``api_host`` and its port, else HTTPS's."""
+        name, colon, port = self.api_host.rpartition(":")
+        if colon and port.isdigit() and not self.api_host.endswith("]"):
+            return name, int(port)
+        return self.api_host, HTTPS_PORT
 
     @property
     def name(self) -> str:

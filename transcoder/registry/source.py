@@ -8,7 +8,8 @@ from typing import BinaryIO
 import httpx
 
 from ..descriptor import INDEX_TYPES, MANIFEST_TYPES, Descriptor
-from ..errors import ManifestError, SizeMismatch
+from ..errors import ManifestError, SizeMismatch, TranscoderError
+from ..parallel import Ahead
 from .client import RegistryClient
 from .credentials import Credentials
 from .reference import Reference, parse_reference
@@ -21,6 +22,7 @@ class RegistrySource:
         self.ref = ref
         self.client = client
         self._manifests: dict[str, bytes] = {}  # digest -> verified bytes already fetched
+        self._resolving: Ahead[None, tuple[Descriptor, str | None]] = Ahead("resolve", TranscoderError)
 
     @classmethod
     def from_ref(
@@ -49,7 +51,14 @@ class RegistrySource:
     def __repr__(self) -> str:
         return f"RegistrySource({self.name!r})"
 
+    def resolve_ahead(self) -> None:
+        """Start :meth:`resolve` (the probe, any token, the root manifest) on a thread of its own."""
+        self._resolving.start(None, self._resolve)
+
     def resolve(self) -> tuple[Descriptor, str | None]:
+        return self._resolving.take(None, self._resolve)
+
+    def _resolve(self) -> tuple[Descriptor, str | None]:
         got = self.client.get_manifest(self.ref.repository, self.ref.digest or self.ref.reference)
         if got.media_type not in MANIFEST_TYPES | INDEX_TYPES:
             raise ManifestError(f"{self.name}: unsupported manifest type {got.media_type[:80]!r}")
@@ -69,6 +78,7 @@ class RegistrySource:
         return self.client.open_blob(self.ref.repository, desc.digest)
 
     def close(self) -> None:
+        self._resolving.drain()  # a resolve started ahead and never taken ends before its client
         self.client.close()
 
     def __enter__(self) -> RegistrySource:

@@ -1,0 +1,243 @@
+"""What a conversion starts while it is still loading: TCP connections opened
+ahead (``transcoder.preconnect``) and taken by the HTTP pools, a registry
+source's manifest asked for ahead (``resolve_ahead``), and the command line's
+order of loading. Against real HTTP servers on loopback and the real
+registry."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.imagegen import config_for, make_tar
+from tests.registry_support import repo_name
+from transcoder import preconnect
+from transcoder.cli import main
+from transcoder.descriptor import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
+from transcoder.errors import NotFound
+from transcoder.httpclient import new_client
+from transcoder.records import ImageRecord
+from transcoder.registry.source import RegistrySource
+from transcoder.sinks.base import put_bytes
+from transcoder.sinks.registry import RegistrySink
+
+WAIT = 10.0
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers() -> Iterator[None]:
+    preconnect.forget()
+    yield
+    preconnect.forget()
+
+
+class _Hello(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: one connection serves a client's requests in turn
+
+    def do_GET(self) -> None:
+        server: Counting = self.server  # type: ignore[assignment]
+        server.served.append(self.client_address)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class Counting(ThreadingHTTPServer):
+    """A real HTTP server on loopback that keeps the address of every connection it accepts."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Hello)
+        self.accepted: list[tuple[str, int]] = []
+        self.served: list[tuple[str, int]] = []
+        self.changed = threading.Condition()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        with self.changed:
+            self.accepted.append(address)
+            self.changed.notify_all()
+        return sock, address
+
+    def wait_accepted(self, count: int) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.accepted) >= count, WAIT), self.accepted
+
+
+@pytest.fixture
+def server() -> Iterator[Counting]:
+    s = Counting()
+    yield s
+    s.shutdown()
+    s.server_close()
+
+
+def test_a_client_takes_the_connections_opened_ahead(server: Counting) -> None:
+    preconnect.open_ahead("127.0.0.1", server.port, 2)
+    server.wait_accepted(2)
+    ahead = set(server.accepted)
+    with new_client() as client:
+        for _ in range(3):
+            assert client.get(f"http://127.0.0.1:{server.port}/").text == "ok"
+    assert len(server.accepted) == 2, "the client connected itself though two connections were open"
+    assert set(server.served) <= ahead and len(set(server.served)) == 1  # one kept-alive connection
+
+
+def test_a_connection_its_server_has_closed_is_not_taken() -> None:
+    closed = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def close_at_once() -> None:
+            conn, _ = listener.accept()
+            conn.close()
+            closed.set()
+
+        threading.Thread(target=close_at_once, daemon=True).start()
+        preconnect.open_ahead("127.0.0.1", listener.getsockname()[1], 1)
+        assert closed.wait(WAIT)
+        assert preconnect.take("127.0.0.1", listener.getsockname()[1], WAIT) is None
+
+
+def test_a_connection_older_than_max_age_is_closed_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    ended = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def read_to_the_end() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                if conn.recv(1) == b"":
+                    ended.set()
+
+        threading.Thread(target=read_to_the_end, daemon=True).start()
+        monkeypatch.setattr(preconnect, "MAX_AGE", -1.0)
+        preconnect.open_ahead("127.0.0.1", listener.getsockname()[1], 1)
+        assert preconnect.take("127.0.0.1", listener.getsockname()[1], WAIT) is None
+        assert ended.wait(WAIT), "the stale connection was left open"
+
+
+def test_nothing_is_opened_ahead_through_a_proxy(server: Counting, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    preconnect.open_ahead("127.0.0.1", server.port, 2)
+    assert preconnect.take("127.0.0.1", server.port, WAIT) is None
+    assert server.accepted == []
+
+
+def test_a_refused_connection_leaves_the_connect_to_the_pool() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+    preconnect.open_ahead("127.0.0.1", port, 2)
+    assert preconnect.take("127.0.0.1", port, WAIT) is None
+    with new_client() as client, pytest.raises(httpx.ConnectError):
+        client.get(f"http://127.0.0.1:{port}/")
+
+
+def test_connections_dropped_before_use_are_closed(server: Counting) -> None:
+    preconnect.open_ahead("127.0.0.1", server.port, 2)
+    server.wait_accepted(2)
+    preconnect.forget()
+    assert preconnect.take("127.0.0.1", server.port, WAIT) is None
+    with new_client() as client:
+        assert client.get(f"http://127.0.0.1:{server.port}/").text == "ok"
+    assert len(server.accepted) == 3
+
+
+# -- a registry source's manifest, asked for ahead ---------------------------------------------
+
+TAR = make_tar(41, size=100_000, files=4)
+
+
+@pytest.fixture
+def image(registry: Any) -> str:
+    repo = repo_name("early")
+    sink = RegistrySink(registry.host, repo)
+    layer = put_bytes(sink, gzip.compress(TAR), OCI_LAYER_GZIP)
+    config = put_bytes(sink, config_for([TAR]), OCI_CONFIG)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.to_json(),
+                           "layers": [layer.to_json()]}).encode()
+    sink.put_image(ImageRecord("v1", sink.put_manifest(manifest, OCI_MANIFEST)))
+    sink.close()
+    return f"{registry.host}/{repo}"
+
+
+@pytest.mark.peers
+def test_a_manifest_asked_for_ahead_is_fetched_once(image: str) -> None:
+    with RegistrySource.from_ref(image + ":v1") as plain:
+        expected = plain.resolve()
+        requests = plain.client.requests
+    with RegistrySource.from_ref(image + ":v1") as source:
+        source.resolve_ahead()
+        source.resolve_ahead()  # a second start is no second request
+        assert source.resolve() == expected
+        assert source.client.requests == requests
+
+
+@pytest.mark.peers
+def test_a_resolve_ahead_that_failed_is_reported_by_resolve(image: str) -> None:
+    with RegistrySource.from_ref(image + ":missing") as source:
+        source.resolve_ahead()
+        with pytest.raises(NotFound, match=r"repository early/.*not found"):
+            source.resolve()
+
+
+@pytest.mark.peers
+def test_closing_a_source_ends_its_resolve_ahead(image: str) -> None:
+    source = RegistrySource.from_ref(image + ":v1")
+    source.resolve_ahead()
+    source.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("resolve")]
+
+
+@pytest.mark.peers
+def test_a_registry_conversion_takes_the_connections_it_opened_ahead(
+        image: str, registry: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    taken: list[bool] = []
+    real_take = preconnect.take
+
+    def spy(host: str, port: int, timeout: float | None) -> socket.socket | None:
+        sock = real_take(host, port, timeout)
+        taken.append(sock is not None)
+        return sock
+
+    monkeypatch.setattr(preconnect, "take", spy)
+    dest = f"{registry.host}/{repo_name('early-out')}:v1"
+    assert main(["convert", "docker://" + image + ":v1", "--to", f"type=registry,ref={dest},mode=replace",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"][0]["status"] == "converted"
+    assert any(taken), "no connection opened ahead was used"
+
+
+# -- what the command line loads, and when -------------------------------------------------------
+
+def _loaded_after(statement: str, names: set[str]) -> set[str]:
+    code = f"import sys\n{statement}\nprint(' '.join(sorted(set(sys.modules) & set({sorted(names)!r}))))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    return set(out.split())
+
+
+def test_the_image_command_loads_the_conversion_after_its_first_requests_left() -> None:
+    late = {"transcoder.images.convert", "transcoder.variants", "sqlite3"}
+    assert _loaded_after("import transcoder.cli.convert_image", late) == set()
+
+
+def test_a_reference_is_read_without_the_http_stack() -> None:
+    assert _loaded_after("import transcoder.registry.reference", {"httpx", "httpcore"}) == set()

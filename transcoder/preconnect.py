@@ -1,0 +1,188 @@
+"""TCP connections opened while the program is still loading.
+
+A conversion from or to a registry spends its first 0.1 s importing the HTTP
+stack and the pipeline, and only then opens its first connection: on a long
+link each new connection then costs a round trip (the TCP handshake) before
+its request can leave, and the first requests of a conversion (the manifest,
+the configs, the blobs, the upload sessions) go out on several connections
+at once. :func:`open_ahead`, called as soon as the hosts are known, starts
+those handshakes (and the name lookups before them) on threads of their own;
+the connection pools of :mod:`transcoder.httpclient` then take these sockets
+(:func:`take`) instead of connecting, waiting for one still on its way
+rather than starting another.
+
+Only the standard library is imported here, so the handshakes start before
+httpx has loaded. Nothing is sent on a socket before a pool takes it. A
+socket not taken within ``MAX_AGE`` seconds, or closed by its server
+meanwhile, is never handed out; sockets never taken close when the process
+exits. Nothing is opened ahead when a proxy variable is set, since the
+connections would then go to the proxy.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import socket
+import threading
+import time
+from typing import Any
+
+# Servers close a connection that sends nothing for a while (tens of seconds
+# in common front ends); a socket older than this is not trusted to be open.
+MAX_AGE = 5.0
+CONNECT_TIMEOUT = 10.0
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+_Key = tuple[str, int]
+
+
+class _Pending:
+    """One connection, made by the connecting thread of its host."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._guard = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._made = 0.0
+        self._dropped = False
+
+    def finish(self, sock: socket.socket | None) -> None:
+        with self._guard:
+            if self._dropped and sock is not None:
+                sock.close()
+                sock = None
+            self._sock, self._made = sock, time.monotonic()
+            self._done.set()
+
+    def wait(self, timeout: float | None) -> socket.socket | None:
+        """The socket once connected, if it is still fit for a first request;
+        else None (``ready`` tells whether the handshake ended in time)."""
+        if not self._done.wait(timeout):
+            self.drop()
+            return None
+        sock = self._sock
+        if sock is not None and (time.monotonic() - self._made > MAX_AGE or not _quiet(sock)):
+            sock.close()
+            return None
+        return sock
+
+    @property
+    def ready(self) -> bool:
+        return self._done.is_set()
+
+    def drop(self) -> None:
+        """Close the socket, now or once its handshake ends."""
+        with self._guard:
+            self._dropped = True
+            if self._sock is not None:
+                self._sock.close()
+
+
+def _connect_all(key: _Key, pending: list[_Pending]) -> None:
+    """Make ``pending``'s connections side by side, on this one thread: a thread
+    per connection would cost the importing main thread a GIL hand-over at each
+    start, and a handshake needs no thread of its own."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(*key, type=socket.SOCK_STREAM)[0]
+    except OSError:
+        family = None  # the pool looks the name up itself, and reports what fails
+    with selectors.DefaultSelector() as selector:
+        for p in pending:
+            sock = None if family is None else _start(family, kind, proto, address)
+            if sock is None:
+                p.finish(None)
+            else:
+                selector.register(sock, selectors.EVENT_WRITE, p)
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while selector.get_map() and (left := deadline - time.monotonic()) > 0:
+            for ready, _ in selector.select(left):
+                selector.unregister(ready.fileobj)
+                _connected(ready.fileobj, ready.data)  # type: ignore[arg-type]
+        for left_over in list(selector.get_map().values()):  # not connected in time
+            left_over.fileobj.close()  # type: ignore[union-attr]
+            left_over.data.finish(None)
+
+
+def _connected(sock: socket.socket, pending: _Pending) -> None:
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        sock.close()
+        pending.finish(None)
+    else:
+        sock.setblocking(True)
+        pending.finish(sock)
+
+
+def _start(family: int, kind: int, proto: int, address: Any) -> socket.socket | None:
+    """A socket whose non-blocking connect has started, else None."""
+    sock = socket.socket(family, kind, proto)
+    sock.setblocking(False)
+    if sock.connect_ex(address) in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+        return sock
+    sock.close()
+    return None
+
+
+def _quiet(sock: socket.socket) -> bool:
+    """True when the server has neither closed the connection nor sent anything on it."""
+    sock.setblocking(False)  # a socket with a timeout would wait for bytes, MSG_DONTWAIT or not
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.setblocking(True)
+    return False  # end of stream, or bytes no request asked for
+
+
+_lock = threading.Lock()
+_pending: dict[_Key, list[_Pending]] = {}
+
+
+def proxied() -> bool:
+    """True when the environment names a proxy, which httpx would connect to instead."""
+    return any(os.environ.get(name) or os.environ.get(name.upper()) for name in PROXY_VARIABLES)
+
+
+def open_ahead(host: str, port: int, count: int) -> None:
+    """Start ``count`` connections to ``host``:``port`` for the pools to take."""
+    if count <= 0 or proxied():
+        return
+    key = (host.strip("[]"), port)  # an IPv6 literal as a URL writes it, as socket wants it
+    made = [_Pending() for _ in range(count)]
+    with _lock:
+        _pending.setdefault(key, []).extend(made)
+    threading.Thread(target=_connect_all, args=(key, made), name="preconnect", daemon=True).start()
+
+
+def take(host: str, port: int, timeout: float | None) -> socket.socket | None:
+    """A connection opened ahead to ``host``:``port``, waiting up to ``timeout``
+    for one still being made; None when there is none (connect as usual)."""
+    key = (host.strip("[]"), port)
+    while True:
+        with _lock:
+            queue = _pending.get(key)
+            if not queue:
+                return None
+            pending = queue.pop(0)
+        sock = pending.wait(timeout)
+        if sock is not None:
+            return sock
+        if not pending.ready:
+            return None  # the others started with it: connecting now is no slower
+
+
+def forget() -> None:
+    """Close every connection not yet taken (tests; a process that changes its mind)."""
+    with _lock:
+        queues = list(_pending.values())
+        _pending.clear()
+    for queue in queues:
+        for pending in queue:
+            pending.drop()
+
+
+__all__ = ["MAX_AGE", "forget", "open_ahead", "proxied", "take"]
