@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -62,8 +63,10 @@ class Counting(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Hello)
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)  # accept() makes the handshake
         self.accepted: list[tuple[str, int]] = []
         self.served: list[tuple[str, int]] = []
         self.changed = threading.Condition()
@@ -158,6 +161,87 @@ def test_connections_dropped_before_use_are_closed(server: Counting) -> None:
     with new_client() as client:
         assert client.get(f"http://127.0.0.1:{server.port}/").text == "ok"
     assert len(server.accepted) == 3
+
+
+# -- TLS handshakes made ahead -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("early-tls")
+    cert, key = work / "cert.pem", work / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def tls_server(cert: tuple[Path, Path]) -> Iterator[Counting]:
+    """The counting server behind TLS: a connection counts once its handshake is made."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*cert)
+    s = Counting(context)
+    yield s
+    s.shutdown()
+    s.server_close()
+
+
+def test_tls_handshakes_made_ahead_are_used_by_a_client_of_the_same_context(
+        tls_server: Counting, cert: tuple[Path, Path]) -> None:
+    context = ssl.create_default_context(cafile=str(cert[0]))
+    preconnect.open_ahead("127.0.0.1", tls_server.port, 2, lambda: context)
+    tls_server.wait_accepted(2)
+    with new_client(verify=context) as client:
+        assert client.get(f"https://127.0.0.1:{tls_server.port}/").text == "ok"
+    assert len(tls_server.accepted) == 2, "the client made a handshake of its own"
+
+
+def test_a_tls_connection_made_with_another_context_is_replaced(tls_server: Counting,
+                                                                cert: tuple[Path, Path]) -> None:
+    preconnect.open_ahead("127.0.0.1", tls_server.port, 1, lambda: ssl.create_default_context(cafile=str(cert[0])))
+    tls_server.wait_accepted(1)
+    with new_client(verify=ssl.create_default_context(cafile=str(cert[0]))) as client:
+        assert client.get(f"https://127.0.0.1:{tls_server.port}/").text == "ok"
+    assert len(tls_server.accepted) == 2 and tls_server.served == tls_server.accepted[1:]
+
+
+def test_an_untrusted_server_fails_the_handshake_ahead_and_then_the_request(tls_server: Counting) -> None:
+    context = ssl.create_default_context()  # the public CAs: the test's certificate is not trusted
+    preconnect.open_ahead("127.0.0.1", tls_server.port, 1, lambda: context)
+    assert preconnect.take("127.0.0.1", tls_server.port, WAIT) is None
+    with new_client(verify=context) as client, pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        client.get(f"https://127.0.0.1:{tls_server.port}/")
+    assert tls_server.served == []
+
+
+def test_a_plain_server_fails_the_tls_handshake_ahead(server: Counting) -> None:
+    preconnect.open_ahead("127.0.0.1", server.port, 1, ssl.create_default_context)
+    assert preconnect.take("127.0.0.1", server.port, WAIT) is None
+    with new_client() as client:
+        assert client.get(f"http://127.0.0.1:{server.port}/").text == "ok"
+
+
+def _opened_by(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, bool]]:
+    """What the command line opens ahead for ``convert ARGV`` (its parser, then its own choice)."""
+    from transcoder.cli import build_parser
+    from transcoder.cli.convert import _open_ahead
+
+    opened: list[tuple[str, int, bool]] = []
+    monkeypatch.setattr(preconnect, "open_ahead",
+                        lambda host, port, count, secure=None: opened.append((host, port, secure is not None)))
+    _open_ahead(build_parser("convert").parse_args(["convert", *argv]))
+    return opened
+
+
+def test_tls_is_made_ahead_only_where_it_is_certain(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _opened_by(["docker://ghcr.io/a/b:1", "--to", "type=registry,ref=127.0.0.1:5000/x"], monkeypatch) == [
+        ("ghcr.io", 443, True), ("127.0.0.1", 5000, False)]
+    assert _opened_by(["docker://alpine", "--to", "type=registry,ref=reg.example:5000/x,insecure=true"],
+                      monkeypatch) == [("registry-1.docker.io", 443, True), ("reg.example", 5000, False)]
+    assert _opened_by(["docker://ghcr.io/a/b:1", "--src-tls-verify=false", "--to", "type=local,dest=d"],
+                      monkeypatch) == [("ghcr.io", 443, False)]
+    assert _opened_by(["docker://bad..host/a", "--to", "type=registry,ref=localhost/x",
+                       "--dest-tls-verify=true"], monkeypatch) == [("localhost", 443, False)]
 
 
 # -- a registry source's manifest, asked for ahead ---------------------------------------------

@@ -128,6 +128,44 @@ class DeadlineStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+class Secured(httpcore.NetworkStream):
+    """A connection opened ahead whose TLS handshake is made already
+    (:mod:`transcoder.preconnect`). httpcore asks a new connection for TLS
+    before anything else: asked with the context and server name the
+    handshake was made with, this is that connection; asked with others, or
+    for plain bytes, it is closed and a new connection made as usual."""
+
+    def __init__(self, sock: ssl.SSLSocket, host: str, port: int, backend: httpcore.NetworkBackend,
+                 options: list[Any]) -> None:
+        self._sock = sock
+        self._host, self._port, self._backend, self._options = host, port, backend, options
+        self._fresh: httpcore.NetworkStream | None = None
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        if self._fresh is None and ssl_context is self._sock.context and server_hostname == self._sock.server_hostname:
+            return SyncStream(self._sock)
+        return self._instead(timeout).start_tls(ssl_context, server_hostname, timeout)
+
+    def _instead(self, timeout: float | None) -> httpcore.NetworkStream:
+        if self._fresh is None:
+            self._sock.close()
+            self._fresh = self._backend.connect_tcp(self._host, self._port, timeout, None, self._options)
+        return self._fresh
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._instead(timeout).read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._instead(timeout).write(buffer, timeout)
+
+    def close(self) -> None:
+        (self._fresh or self._sock).close()
+
+    def get_extra_info(self, info: str) -> Any:
+        return None if self._fresh is None else self._fresh.get_extra_info(info)
+
+
 class DeadlineBackend(httpcore.NetworkBackend):
     """Wraps httpcore's backend: its streams are :class:`DeadlineStream`, with ``socket_options`` added."""
 
@@ -142,6 +180,8 @@ class DeadlineBackend(httpcore.NetworkBackend):
         if sock is not None:
             for option in (*options, NODELAY):  # as httpcore sets them on a socket of its own
                 sock.setsockopt(*option)
+            if isinstance(sock, ssl.SSLSocket):
+                return DeadlineStream(Secured(sock, host, port, self._inner, options))
             return DeadlineStream(SyncStream(sock))
         return DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, options))
 
@@ -225,4 +265,4 @@ def _body_chunks(stream: DeadlineStream, length: int, timeout: float | None) -> 
         yield data
 
 
-__all__ = ["DeadlineBackend", "DeadlineStream", "direct_body", "heads_apart", "new_client"]
+__all__ = ["DeadlineBackend", "DeadlineStream", "Secured", "direct_body", "heads_apart", "new_client"]

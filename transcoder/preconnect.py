@@ -25,8 +25,10 @@ import errno
 import os
 import selectors
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 # Servers close a connection that sends nothing for a while (tens of seconds
@@ -50,11 +52,12 @@ class _Pending:
 
     def finish(self, sock: socket.socket | None) -> None:
         with self._guard:
-            if self._dropped and sock is not None:
+            if (self._dropped or self._done.is_set()) and sock is not None:
                 sock.close()
                 sock = None
-            self._sock, self._made = sock, time.monotonic()
-            self._done.set()
+            if not self._done.is_set():
+                self._sock, self._made = sock, time.monotonic()
+                self._done.set()
 
     def wait(self, timeout: float | None) -> socket.socket | None:
         """The socket once connected, if it is still fit for a first request;
@@ -63,7 +66,9 @@ class _Pending:
             self.drop()
             return None
         sock = self._sock
-        if sock is not None and (time.monotonic() - self._made > MAX_AGE or not _quiet(sock)):
+        # A TLS 1.3 server sends its session tickets unasked, so only a plain socket is checked for bytes.
+        if sock is not None and (time.monotonic() - self._made > MAX_AGE
+                                 or not (isinstance(sock, ssl.SSLSocket) or _quiet(sock))):
             sock.close()
             return None
         return sock
@@ -80,38 +85,82 @@ class _Pending:
                 self._sock.close()
 
 
-def _connect_all(key: _Key, pending: list[_Pending]) -> None:
-    """Make ``pending``'s connections side by side, on this one thread: a thread
-    per connection would cost the importing main thread a GIL hand-over at each
-    start, and a handshake needs no thread of its own."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(*key, type=socket.SOCK_STREAM)[0]
-    except OSError:
-        family = None  # the pool looks the name up itself, and reports what fails
-    with selectors.DefaultSelector() as selector:
-        for p in pending:
-            sock = None if family is None else _start(family, kind, proto, address)
-            if sock is None:
+class _Connector:
+    """Makes a host's connections side by side, on one thread: a thread per
+    connection would cost the importing main thread a GIL hand-over at each
+    start, and a handshake needs no thread of its own. With ``secure``, each
+    connection also makes its TLS handshake, with the context that function
+    returns (called on this thread, once the TCP handshakes are under way)."""
+
+    def __init__(self, key: _Key, pending: list[_Pending], secure: Callable[[], ssl.SSLContext] | None) -> None:
+        self._key, self._pending, self._secure = key, pending, secure
+        self._context: ssl.SSLContext | None = None
+        self._selector = selectors.DefaultSelector()
+
+    def run(self) -> None:
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(*self._key, type=socket.SOCK_STREAM)[0]
+        except OSError:
+            family = None  # the pool looks the name up itself, and reports what fails
+        try:
+            with self._selector:
+                for p in self._pending:
+                    sock = None if family is None else _start(family, kind, proto, address)
+                    if sock is None:
+                        p.finish(None)
+                    else:
+                        self._selector.register(sock, selectors.EVENT_WRITE, p)
+                self._loop()
+        finally:
+            for p in self._pending:  # whatever went wrong here, no taker waits for it
                 p.finish(None)
-            else:
-                selector.register(sock, selectors.EVENT_WRITE, p)
+
+    def _loop(self) -> None:
         deadline = time.monotonic() + CONNECT_TIMEOUT
-        while selector.get_map() and (left := deadline - time.monotonic()) > 0:
-            for ready, _ in selector.select(left):
-                selector.unregister(ready.fileobj)
-                _connected(ready.fileobj, ready.data)  # type: ignore[arg-type]
-        for left_over in list(selector.get_map().values()):  # not connected in time
+        while self._selector.get_map() and (left := deadline - time.monotonic()) > 0:
+            for ready, _ in self._selector.select(left):
+                self._selector.unregister(ready.fileobj)
+                self._step(ready.fileobj, ready.data)  # type: ignore[arg-type]
+        for left_over in list(self._selector.get_map().values()):  # not connected in time
             left_over.fileobj.close()  # type: ignore[union-attr]
             left_over.data.finish(None)
 
+    def _step(self, sock: socket.socket, pending: _Pending) -> None:
+        """Go on with ``sock`` now that it is ready: it has connected, or its TLS handshake can go on."""
+        if not isinstance(sock, ssl.SSLSocket):
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                sock.close()
+                pending.finish(None)
+                return
+            if self._secure is None:
+                sock.setblocking(True)
+                pending.finish(sock)
+                return
+            try:
+                sock = self._wrap(sock)
+            except (OSError, ValueError):  # no context (a bad CA file, say): the pool's attempt reports it
+                sock.close()
+                pending.finish(None)
+                return
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.register(sock, selectors.EVENT_READ, pending)
+        except ssl.SSLWantWriteError:
+            self._selector.register(sock, selectors.EVENT_WRITE, pending)
+        except (OSError, ValueError):  # not TLS, or not trusted: the pool's own attempt reports it
+            sock.close()
+            pending.finish(None)
+        else:
+            sock.setblocking(True)
+            pending.finish(sock)
 
-def _connected(sock: socket.socket, pending: _Pending) -> None:
-    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-        sock.close()
-        pending.finish(None)
-    else:
-        sock.setblocking(True)
-        pending.finish(sock)
+    def _wrap(self, sock: socket.socket) -> ssl.SSLSocket:
+        if self._context is None:
+            assert self._secure is not None
+            self._context = self._secure()
+            self._context.set_alpn_protocols(["http/1.1"])  # what httpcore sets before its own handshake
+        return self._context.wrap_socket(sock, server_hostname=self._key[0], do_handshake_on_connect=False)
 
 
 def _start(family: int, kind: int, proto: int, address: Any) -> socket.socket | None:
@@ -147,15 +196,17 @@ def proxied() -> bool:
     return any(os.environ.get(name) or os.environ.get(name.upper()) for name in PROXY_VARIABLES)
 
 
-def open_ahead(host: str, port: int, count: int) -> None:
-    """Start ``count`` connections to ``host``:``port`` for the pools to take."""
+def open_ahead(host: str, port: int, count: int, secure: Callable[[], ssl.SSLContext] | None = None) -> None:
+    """Start ``count`` connections to ``host``:``port`` for the pools to take;
+    with ``secure``, TLS connections made with the context it returns (which
+    must be the one the pools use: see :class:`transcoder.httpclient.Secured`)."""
     if count <= 0 or proxied():
         return
     key = (host.strip("[]"), port)  # an IPv6 literal as a URL writes it, as socket wants it
     made = [_Pending() for _ in range(count)]
     with _lock:
         _pending.setdefault(key, []).extend(made)
-    threading.Thread(target=_connect_all, args=(key, made), name="preconnect", daemon=True).start()
+    threading.Thread(target=_Connector(key, made, secure).run, name="preconnect", daemon=True).start()
 
 
 def take(host: str, port: int, timeout: float | None) -> socket.socket | None:

@@ -120,20 +120,38 @@ CONNECTIONS_AHEAD = 8
 
 
 def _open_ahead(args: argparse.Namespace) -> None:
-    """Start the TCP handshakes to the registries named while the HTTP stack loads (:mod:`..preconnect`)."""
-    from .. import preconnect
-    from ..registry.reference import parse_reference
+    """Start the TCP handshakes to the registries named while the HTTP stack
+    loads (:mod:`..preconnect`), and the TLS handshakes where TLS is certain:
+    a registry that is neither on loopback nor insecure is spoken to over
+    verified TLS only (the others are probed first)."""
+    from .. import preconnect, tls
+    from ..registry.reference import is_loopback, parse_reference
 
-    refs = [args.src[len("docker://"):]] if args.src.startswith("docker://") else []
-    kind, opts = _sink_spec(args)
-    if kind == "registry" and opts.get("ref"):
-        refs.append(opts["ref"])
-    for text in refs:
+    for text, insecure in _registries(args):
         try:
-            host, port = parse_reference(text, default_tag=None).endpoint
+            ref = parse_reference(text, default_tag=None)
         except UsageError:
             continue  # reported when the source or the sink opens
-        preconnect.open_ahead(host, port, CONNECTIONS_AHEAD)
+        secure = None if insecure or is_loopback(ref.api_host) else tls.context
+        preconnect.open_ahead(*ref.endpoint, CONNECTIONS_AHEAD, secure)
+
+
+def _registries(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """Each registry reference named, with whether TLS may go unverified or be
+    refused for it (a flag in doubt counts as yes: only TCP is opened ahead)."""
+    found = []
+    if args.src.startswith("docker://"):
+        try:
+            insecure = source_flags(args).tls_verify is False
+        except UsageError:
+            insecure = True
+        found.append((args.src[len("docker://"):], insecure))
+    kind, opts = _sink_spec(args)
+    if kind == "registry" and opts.get("ref"):
+        insecure = (RegistryFlags.of(args, "dest").tls_verify is False
+                    or opts.get("insecure", "").lower() not in ("", "false", "0", "no"))
+        found.append((opts["ref"], insecure))
+    return found
 
 
 def run(args: argparse.Namespace) -> int:
