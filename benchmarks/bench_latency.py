@@ -10,6 +10,10 @@ docker-registry (distribution) on loopback and delays every byte by the same
 time in each direction, with no bandwidth limit; a new connection costs a
 round trip before its first bytes go, as a TCP handshake does
 (``--no-handshake``: it costs nothing, as in runs before this option).
+With ``--tls`` the registry serves HTTPS with a certificate made for the
+run, and the proxy listens on this machine's own address (off loopback), so
+every client speaks verified TLS only, as to a registry far away: each new
+connection then also waits for its TLS handshake.
 
 For each one-way delay (``--delays``, default 0, 5 and 20 ms: round trips
 of 0, 10 and 40 ms), in an order that rotates between repetitions:
@@ -36,11 +40,17 @@ the layers dealt out among them. Run from the repository:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +65,34 @@ from benchmarks.latencyproxy import LatencyProxy
 KINDS = ("ours", "ours rerun", "skopeo")
 
 
-def one_run(kind: str, cli: str, registry: Registry, host: str, dest: str, work: Path,
+@dataclass(frozen=True)
+class Link:
+    """Where the clients reach the registry: the proxy's ``host``, and with
+    ``ca`` (a directory holding the registry's certificate as ``ca.crt``)
+    over verified TLS."""
+
+    host: str
+    ca: Path | None = None
+
+
+def one_run(kind: str, cli: str, registry: Registry, link: Link, dest: str, work: Path,
             mode: str = "replace") -> dict[str, Any]:
-    """One conversion through ``host`` (the proxy): wall time and the registry's count of requests."""
+    """One conversion through the proxy: wall time and the registry's count of requests."""
     offset = registry.log_size()
-    src = f"docker://{host}/corpus/src:gzip"
+    src = f"docker://{link.host}/corpus/src:gzip"
     if kind == "skopeo":
         BLOB_INFO_CACHE.unlink(missing_ok=True)
-        argv = ["skopeo", "copy", "-q", "--all", "--src-tls-verify=false", "--dest-tls-verify=false",
-                "--dest-compress-format", "zstd", src, f"docker://{host}/{dest}-skopeo:v1"]
+        trust = (["--src-cert-dir", str(link.ca), "--dest-cert-dir", str(link.ca)] if link.ca
+                 else ["--src-tls-verify=false", "--dest-tls-verify=false"])
+        argv = ["skopeo", "copy", "-q", "--all", *trust,
+                "--dest-compress-format", "zstd", src, f"docker://{link.host}/{dest}-skopeo:v1"]
         env = None
     else:
         home = Path(tempfile.mkdtemp(dir=work))  # a new variant table: another machine
-        argv = [cli, "convert", src, "--to", f"type=registry,ref={host}/{dest}:v1,mode={mode}", "--json"]
+        argv = [cli, "convert", src, "--to", f"type=registry,ref={link.host}/{dest}:v1,mode={mode}", "--json"]
         env = dict(os.environ, TRANSCODER_HOME=str(home))
+        if link.ca:
+            env["SSL_CERT_FILE"] = str(link.ca / "ca.crt")
     run = timed(kind, argv, registry, env)
     if kind != "skopeo":
         statuses = {o["status"] for o in json.loads(run.report)["layers"]}
@@ -78,11 +102,13 @@ def one_run(kind: str, cli: str, registry: Registry, host: str, dest: str, work:
 
 
 def measure(cli: str, registry: Registry, work: Path, delays: list[float], reps: int, mode: str = "replace",
-            handshake: bool = True) -> dict[float, dict[str, list[dict[str, Any]]]]:
+            handshake: bool = True, ca: Path | None = None) -> dict[float, dict[str, list[dict[str, Any]]]]:
     results: dict[float, dict[str, list[dict[str, Any]]]] = {}
+    listen = own_address() if ca else "127.0.0.1"
     for delay in delays:
         results[delay] = {k: [] for k in KINDS}
-        with LatencyProxy(("127.0.0.1", registry.port), delay / 1000, handshake) as proxy:
+        with LatencyProxy(("127.0.0.1", registry.port), delay / 1000, handshake, listen) as proxy:
+            link = Link(proxy.host, ca)
             for rep in range(reps):
                 dest = f"bench/d{delay:g}-r{rep}".replace(".", "_")
                 # The rerun needs the first conversion's records, so only skopeo's place rotates.
@@ -90,8 +116,31 @@ def measure(cli: str, registry: Registry, work: Path, delays: list[float], reps:
                 order.insert(rep % 3, "skopeo")
                 for kind in order:
                     print(f"delay {delay:g} ms, rep {rep + 1}/{reps}: {kind} ...", file=sys.stderr, flush=True)
-                    results[delay][kind].append(one_run(kind, cli, registry, proxy.host, dest, work, mode))
+                    results[delay][kind].append(one_run(kind, cli, registry, link, dest, work, mode))
     return results
+
+
+def own_address() -> str:
+    """This machine's address on its default route: a registry there is not on
+    loopback, so clients speak verified TLS to it and nothing else."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("198.51.100.1", 9))  # a UDP connect sends nothing: it picks the route
+        except OSError as exc:
+            raise SystemExit(f"--tls: no address off loopback to serve on ({exc})") from exc
+        return str(probe.getsockname()[0])
+
+
+@contextmanager
+def certificate(address: str) -> Iterator[tuple[Path, Path]]:
+    """A self-signed certificate and key for ``address``, in a directory that
+    also holds the certificate as ``ca.crt`` (skopeo's --cert-dir layout)."""
+    with tempfile.TemporaryDirectory(prefix="bench-latency-tls-") as tmp:
+        cert, key = Path(tmp) / "ca.crt", Path(tmp) / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        f"/CN={address}", "-addext", f"subjectAltName=IP:{address}", "-keyout", str(key),
+                        "-out", str(cert)], check=True, capture_output=True)
+        yield cert, key
 
 
 def report(results: dict[float, dict[str, list[dict[str, Any]]]], out: Path | None) -> None:
@@ -121,6 +170,9 @@ def _options(ap: argparse.ArgumentParser) -> None:
                     help="our conversions' mode (default %(default)s: the same output set as skopeo's)")
     ap.add_argument("--no-handshake", dest="handshake", action="store_false",
                     help="new connections cost no round trip (the proxy's connect is local)")
+    ap.add_argument("--tls", action="store_true",
+                    help="the registry serves verified HTTPS (a certificate made for the run), reached through "
+                    "this machine's own address, off loopback")
 
 
 def main() -> None:
@@ -136,8 +188,11 @@ def main() -> None:
     layout = build_image(args.workdir, names) if args.platforms <= 1 else \
         build_index_image(args.workdir, names, args.platforms)
     print(f"timing {cli}; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
-    with serving(layout, "bench-latency-") as (registry, work):
-        results = measure(cli, registry, work, delays, args.reps, args.mode, args.handshake)
+    with contextlib.ExitStack() as stack:
+        tls = stack.enter_context(certificate(own_address())) if args.tls else None
+        registry, work = stack.enter_context(serving(layout, "bench-latency-", tls))
+        ca = tls[0].parent if tls else None
+        results = measure(cli, registry, work, delays, args.reps, args.mode, args.handshake, ca)
     report(results, args.json)
 
 if __name__ == "__main__":

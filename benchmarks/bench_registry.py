@@ -108,13 +108,15 @@ def free_port() -> int:
 class Registry:
     """A distribution registry of our own, stopped by its PID."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: the certificate and key it serves HTTPS with (else plain HTTP)."""
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.log = workdir / "registry.log"
         config = workdir / "config.yml"
+        secure = f", tls: {{certificate: {tls[0]}, key: {tls[1]}}}" if tls else ""
         config.write_text(f"version: 0.1\nlog: {{level: info}}\nstorage:\n  filesystem: {{rootdirectory: {workdir / 'data'}}}\n"
-                          f"http: {{addr: '{self.host}'}}\n")
+                          f"http: {{addr: '{self.host}'{secure}}}\n")
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
@@ -251,12 +253,12 @@ def arguments(doc: str, extra: Callable[[argparse.ArgumentParser], None] | None 
 
 
 @contextmanager
-def serving(layout: Path, prefix: str) -> Iterator[tuple[Registry, Path]]:
+def serving(layout: Path, prefix: str, tls: tuple[Path, Path] | None = None) -> Iterator[tuple[Registry, Path]]:
     """A registry of our own in a new work directory, holding ``layout``'s
     image as ``corpus/src:gzip`` (pushed by skopeo); stopped on the way out."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         work = Path(tmp)
-        registry = Registry(work)
+        registry = Registry(work, tls)
         try:
             subprocess.run(["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{layout}:latest",
                             f"docker://{registry.host}/corpus/src:gzip"], check=True)

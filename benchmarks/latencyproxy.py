@@ -99,12 +99,13 @@ class _Pipe:
 
 
 class LatencyProxy:
-    def __init__(self, target: tuple[str, int], delay: float, handshake: bool = True) -> None:
+    def __init__(self, target: tuple[str, int], delay: float, handshake: bool = True,
+                 listen: str = "127.0.0.1") -> None:
         self._target = target
         self._delay = delay
         self._handshake = handshake
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.host = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._listener = socket.create_server((listen, 0))
+        self.host = f"{listen}:{self._listener.getsockname()[1]}"
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
