@@ -221,6 +221,16 @@ def test_a_plain_server_fails_the_tls_handshake_ahead(server: Counting) -> None:
         assert client.get(f"http://127.0.0.1:{server.port}/").text == "ok"
 
 
+def test_a_handshake_ahead_that_does_not_end_in_time_fails_the_connect() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        preconnect.open_ahead("127.0.0.1", port, 1, ssl.create_default_context)
+        silent, _ = listener.accept()  # it never answers the TLS handshake
+        with silent, new_client(timeout=httpx.Timeout(WAIT, connect=0.2)) as client, \
+                pytest.raises(httpx.ConnectTimeout, match="not connected within"):
+            client.get(f"https://127.0.0.1:{port}/")
+
+
 def _opened_by(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, bool]]:
     """What the command line opens ahead for ``convert ARGV`` (its parser, then its own choice)."""
     from transcoder.cli import build_parser

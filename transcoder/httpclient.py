@@ -190,7 +190,10 @@ class DeadlineBackend(httpcore.NetworkBackend):
         """A socket from :mod:`transcoder.preconnect`, where this backend makes plain sockets itself."""
         if local_address is not None or not isinstance(self._inner, SyncBackend):
             return None
-        return preconnect.take(host, port, timeout)
+        try:
+            return preconnect.take(host, port, timeout)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
                             socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:

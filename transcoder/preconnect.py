@@ -1,22 +1,23 @@
-"""TCP connections opened while the program is still loading.
+"""Connections opened while the program is still loading.
 
 A conversion from or to a registry spends its first 0.1 s importing the HTTP
 stack and the pipeline, and only then opens its first connection: on a long
-link each new connection then costs a round trip (the TCP handshake) before
-its request can leave, and the first requests of a conversion (the manifest,
-the configs, the blobs, the upload sessions) go out on several connections
-at once. :func:`open_ahead`, called as soon as the hosts are known, starts
-those handshakes (and the name lookups before them) on threads of their own;
-the connection pools of :mod:`transcoder.httpclient` then take these sockets
-(:func:`take`) instead of connecting, waiting for one still on its way
-rather than starting another.
+link each new connection then costs a round trip (the TCP handshake), and
+over TLS another one or two, before its request can leave, and the first
+requests of a conversion (the manifest, the configs, the blobs, the upload
+sessions) go out on several connections at once. :func:`open_ahead`, called
+as soon as the hosts are known, starts those handshakes (and the name lookup
+before them) on one thread per host; the connection pools of
+:mod:`transcoder.httpclient` then take these sockets (:func:`take`) instead
+of connecting, waiting for one still on its way rather than starting
+another.
 
 Only the standard library is imported here, so the handshakes start before
-httpx has loaded. Nothing is sent on a socket before a pool takes it. A
-socket not taken within ``MAX_AGE`` seconds, or closed by its server
-meanwhile, is never handed out; sockets never taken close when the process
-exits. Nothing is opened ahead when a proxy variable is set, since the
-connections would then go to the proxy.
+httpx has loaded. Nothing is sent on a socket before a pool takes it (but
+the TLS handshake, when asked for). A socket not taken within ``MAX_AGE``
+seconds, or closed by its server meanwhile, is never handed out; sockets
+never taken close when the process exits. Nothing is opened ahead when a
+proxy variable is set, since the connections would then go to the proxy.
 """
 
 from __future__ import annotations
@@ -60,11 +61,11 @@ class _Pending:
                 self._done.set()
 
     def wait(self, timeout: float | None) -> socket.socket | None:
-        """The socket once connected, if it is still fit for a first request;
-        else None (``ready`` tells whether the handshake ended in time)."""
+        """The socket once connected, if it is still fit for a first request,
+        else None; TimeoutError if its handshakes have not ended in ``timeout``."""
         if not self._done.wait(timeout):
             self.drop()
-            return None
+            raise TimeoutError(f"connection opened ahead: not connected within {timeout} s")
         sock = self._sock
         # A TLS 1.3 server sends its session tickets unasked, so only a plain socket is checked for bytes.
         if sock is not None and (time.monotonic() - self._made > MAX_AGE
@@ -72,10 +73,6 @@ class _Pending:
             sock.close()
             return None
         return sock
-
-    @property
-    def ready(self) -> bool:
-        return self._done.is_set()
 
     def drop(self) -> None:
         """Close the socket, now or once its handshake ends."""
@@ -211,7 +208,11 @@ def open_ahead(host: str, port: int, count: int, secure: Callable[[], ssl.SSLCon
 
 def take(host: str, port: int, timeout: float | None) -> socket.socket | None:
     """A connection opened ahead to ``host``:``port``, waiting up to ``timeout``
-    for one still being made; None when there is none (connect as usual)."""
+    for one still being made; None when there is none (connect as usual).
+
+    TimeoutError when the one waited for has not connected in ``timeout``: a
+    connection started now would wait longer still, so the caller's connect
+    fails as its own would have (and a retry connects anew)."""
     key = (host.strip("[]"), port)
     while True:
         with _lock:
@@ -222,8 +223,6 @@ def take(host: str, port: int, timeout: float | None) -> socket.socket | None:
         sock = pending.wait(timeout)
         if sock is not None:
             return sock
-        if not pending.ready:
-            return None  # the others started with it: connecting now is no slower
 
 
 def forget() -> None:
