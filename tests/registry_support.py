@@ -37,11 +37,27 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from tests.imagegen import config_for, gz
+from transcoder.descriptor import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
+from transcoder.records import ImageRecord
+from transcoder.sinks.base import put_bytes
+from transcoder.sinks.registry import RegistrySink
+
 Hook = Callable[[httpx.Request, Callable[[httpx.Request], httpx.Response]], httpx.Response]
 
 
 def repo_name(prefix: str = "t") -> str:
     return f"{prefix}/{uuid.uuid4().hex[:12]}"
+
+
+def push_one_layer_image(sink: RegistrySink, tar: bytes, tag: str = "v1") -> None:
+    """A gzip image of the one layer ``tar``, pushed to ``sink`` and named ``tag``; the sink is closed."""
+    layer = put_bytes(sink, gz(tar), OCI_LAYER_GZIP)
+    config = put_bytes(sink, config_for([tar]), OCI_CONFIG)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.to_json(),
+                           "layers": [layer.to_json()]}).encode()
+    sink.put_image(ImageRecord(tag, sink.put_manifest(manifest, OCI_MANIFEST)))
+    sink.close()
 
 
 _HELPER = """#!{python}

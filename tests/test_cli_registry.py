@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.imagegen import config_for, gz, make_tar, write_layout
-from tests.registry_support import TokenFront, repo_name
+from tests.registry_support import TokenFront, push_one_layer_image, repo_name
 from transcoder.cli import main
 from transcoder.descriptor import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from transcoder.records import ImageRecord
@@ -41,14 +41,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def image(registry_auth: Any) -> str:
     """A gzip image pushed to the htpasswd registry; its reference."""
     repo = repo_name()
-    sink = RegistrySink(registry_auth.host, repo, credentials=Credentials(registry_auth.username,
-                                                                          registry_auth.password))
-    layer = put_bytes(sink, gz(TAR), OCI_LAYER_GZIP)
-    config = put_bytes(sink, config_for([TAR]), OCI_CONFIG)
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.to_json(),
-                           "layers": [layer.to_json()]}).encode()
-    sink.put_image(ImageRecord("v1", sink.put_manifest(manifest, OCI_MANIFEST)))
-    sink.close()
+    push_one_layer_image(RegistrySink(registry_auth.host, repo, credentials=Credentials(registry_auth.username,
+                                                                                        registry_auth.password)), TAR)
     return f"{registry_auth.host}/{repo}:v1"
 
 

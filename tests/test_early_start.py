@@ -6,7 +6,6 @@ registry."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import socket
 import ssl
@@ -21,16 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.imagegen import config_for, make_tar
-from tests.registry_support import repo_name
+from tests.imagegen import make_tar
+from tests.registry_support import push_one_layer_image, repo_name
 from transcoder import preconnect
 from transcoder.cli import main
-from transcoder.descriptor import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from transcoder.errors import NotFound
 from transcoder.httpclient import new_client
-from transcoder.records import ImageRecord
 from transcoder.registry.source import RegistrySource
-from transcoder.sinks.base import put_bytes
 from transcoder.sinks.registry import RegistrySink
 
 WAIT = 10.0
@@ -262,13 +258,7 @@ TAR = make_tar(41, size=100_000, files=4)
 @pytest.fixture
 def image(registry: Any) -> str:
     repo = repo_name("early")
-    sink = RegistrySink(registry.host, repo)
-    layer = put_bytes(sink, gzip.compress(TAR), OCI_LAYER_GZIP)
-    config = put_bytes(sink, config_for([TAR]), OCI_CONFIG)
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.to_json(),
-                           "layers": [layer.to_json()]}).encode()
-    sink.put_image(ImageRecord("v1", sink.put_manifest(manifest, OCI_MANIFEST)))
-    sink.close()
+    push_one_layer_image(RegistrySink(registry.host, repo), TAR)
     return f"{registry.host}/{repo}"
 
 
