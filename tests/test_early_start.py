@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.imagegen import make_tar
+from tests.imagegen import make_tar, write_layout
 from tests.registry_support import push_one_layer_image, repo_name
 from transcoder import preconnect
 from transcoder.cli import main
 from transcoder.errors import NotFound
+from transcoder.gha.emulator import Emulator
 from transcoder.httpclient import new_client
 from transcoder.registry.source import RegistrySource
 from transcoder.sinks.registry import RegistrySink
@@ -248,6 +249,12 @@ def test_tls_is_made_ahead_only_where_it_is_certain(monkeypatch: pytest.MonkeyPa
                       monkeypatch) == [("ghcr.io", 443, False)]
     assert _opened_by(["docker://bad..host/a", "--to", "type=registry,ref=localhost/x",
                        "--dest-tls-verify=true"], monkeypatch) == [("localhost", 443, False)]
+    monkeypatch.setenv("ACTIONS_RUNTIME_TOKEN", "t")
+    monkeypatch.setenv("ACTIONS_CACHE_SERVICE_V2", "1")
+    monkeypatch.setenv("ACTIONS_RESULTS_URL", "https://results.example/")
+    assert _opened_by(["oci:img", "--to", "type=gha"], monkeypatch) == [("results.example", 443, True)]
+    assert _opened_by(["oci:img", "--to", "type=gha,url_v2=http://127.0.0.1:8080/"], monkeypatch) == [
+        ("127.0.0.1", 8080, False)]
 
 
 # -- a registry source's manifest, asked for ahead ---------------------------------------------
@@ -293,6 +300,16 @@ def test_closing_a_source_ends_its_resolve_ahead(image: str) -> None:
 @pytest.mark.peers
 def test_a_registry_conversion_takes_the_connections_it_opened_ahead(
         image: str, registry: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    taken = _spy_on_take(monkeypatch)
+    dest = f"{registry.host}/{repo_name('early-out')}:v1"
+    assert main(["convert", "docker://" + image + ":v1", "--to", f"type=registry,ref={dest},mode=replace",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"][0]["status"] == "converted"
+    assert any(taken), "no connection opened ahead was used"
+
+
+def _spy_on_take(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each connect of a pool found a connection opened ahead."""
     taken: list[bool] = []
     real_take = preconnect.take
 
@@ -302,9 +319,17 @@ def test_a_registry_conversion_takes_the_connections_it_opened_ahead(
         return sock
 
     monkeypatch.setattr(preconnect, "take", spy)
-    dest = f"{registry.host}/{repo_name('early-out')}:v1"
-    assert main(["convert", "docker://" + image + ":v1", "--to", f"type=registry,ref={dest},mode=replace",
-                 "--json"]) == 0
+    return taken
+
+
+def test_an_actions_cache_conversion_takes_the_connections_it_opened_ahead(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    layout = write_layout(tmp_path / "src", {"app": [TAR]})
+    taken = _spy_on_take(monkeypatch)
+    with Emulator() as emu:
+        for name, value in emu.env().items():
+            monkeypatch.setenv(name, value)
+        assert main(["convert", f"oci:{layout}:app", "--to", "type=gha,scope=early", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"][0]["status"] == "converted"
     assert any(taken), "no connection opened ahead was used"
 

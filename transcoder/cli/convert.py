@@ -112,7 +112,7 @@ def _sink_spec(args: argparse.Namespace) -> tuple[str | None, dict[str, str]]:
         return None, {}  # reported, with the rest of the spec's checks, when the sink opens
 
 
-# Connections opened ahead per registry named. A conversion's first round
+# Connections opened ahead per service named. A conversion's first round
 # trips go out side by side: on each side a probe, the manifest or the tag
 # listing, a config, and for each of the first layers (--jobs 2 plus 4 small
 # ones) its blob or its upload session. Sockets not taken close at exit.
@@ -120,38 +120,59 @@ CONNECTIONS_AHEAD = 8
 
 
 def _open_ahead(args: argparse.Namespace) -> None:
-    """Start the TCP handshakes to the registries named while the HTTP stack
-    loads (:mod:`..preconnect`), and the TLS handshakes where TLS is certain:
-    a registry that is neither on loopback nor insecure is spoken to over
-    verified TLS only (the others are probed first)."""
+    """Start the TCP handshakes to the services named (registries, the Actions
+    cache) while the HTTP stack loads (:mod:`..preconnect`), and the TLS
+    handshakes where TLS is certain."""
     from .. import preconnect, tls
-    from ..registry.reference import is_loopback, parse_reference
 
-    for text, insecure in _registries(args):
-        try:
-            ref = parse_reference(text, default_tag=None)
-        except UsageError:
-            continue  # reported when the source or the sink opens
-        secure = None if insecure or is_loopback(ref.api_host) else tls.context
-        preconnect.open_ahead(*ref.endpoint, CONNECTIONS_AHEAD, secure)
+    for host, port, secure in _endpoints(args):
+        preconnect.open_ahead(host, port, CONNECTIONS_AHEAD, tls.context if secure else None)
 
 
-def _registries(args: argparse.Namespace) -> list[tuple[str, bool]]:
-    """Each registry reference named, with whether TLS may go unverified or be
-    refused for it (a flag in doubt counts as yes: only TCP is opened ahead)."""
+def _endpoints(args: argparse.Namespace) -> list[tuple[str, int, bool]]:
+    """(host, port, whether the client will speak verified TLS and nothing
+    else) of each service this conversion talks to. A registry on loopback or
+    insecure is probed first, so only TCP is opened to it; a flag in doubt
+    counts as insecure. What cannot be parsed is left out: it is reported
+    when the source or the sink opens."""
     found = []
     if args.src.startswith("docker://"):
         try:
             insecure = source_flags(args).tls_verify is False
         except UsageError:
             insecure = True
-        found.append((args.src[len("docker://"):], insecure))
+        found += _registry(args.src[len("docker://"):], insecure)
     kind, opts = _sink_spec(args)
     if kind == "registry" and opts.get("ref"):
         insecure = (RegistryFlags.of(args, "dest").tls_verify is False
                     or opts.get("insecure", "").lower() not in ("", "false", "0", "no"))
-        found.append((opts["ref"], insecure))
+        found += _registry(opts["ref"], insecure)
+    elif kind == "gha":
+        found += _actions_cache(opts)
     return found
+
+
+def _registry(text: str, insecure: bool) -> list[tuple[str, int, bool]]:
+    from ..registry.reference import is_loopback, parse_reference
+
+    try:
+        ref = parse_reference(text, default_tag=None)
+    except UsageError:
+        return []
+    return [(*ref.endpoint, not (insecure or is_loopback(ref.api_host)))]
+
+
+def _actions_cache(opts: dict[str, str]) -> list[tuple[str, int, bool]]:
+    from urllib.parse import urlsplit
+
+    from ..gha.env import config_from
+
+    try:
+        url = urlsplit(config_from(opts, os.environ).url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except (UsageError, ValueError):
+        return []
+    return [(url.hostname, port, url.scheme == "https")] if url.hostname else []
 
 
 def run(args: argparse.Namespace) -> int:

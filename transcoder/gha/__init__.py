@@ -1,14 +1,28 @@
 """GitHub Actions cache service: configuration, v1/v2 clients, blob plane.
 
-The sink built on these is :class:`transcoder.sinks.gha.GhaSink`.
+The sink built on these is :class:`transcoder.sinks.gha.GhaSink`. The names
+below load on first use, so that :mod:`.env` can be read without the HTTP
+stack (the command line finds the service's address before it loads).
 """
 
 from __future__ import annotations
 
-from ..redact import Secret, redact_url, scrub
-from .client import CacheClient, CacheEntry, EntryUpload, open_client
-from .env import GhaConfig, config_from, parse_duration
-from .retry import RetryPolicy, UploadRateLimiter
+import importlib
+from typing import Any
+
+_HOME = {
+    "Secret": "..redact", "redact_url": "..redact", "scrub": "..redact",
+    "CacheClient": ".client", "CacheEntry": ".client", "EntryUpload": ".client", "open_client": ".client",
+    "GhaConfig": ".env", "config_from": ".env", "parse_duration": ".env",
+    "RetryPolicy": ".retry", "UploadRateLimiter": ".retry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOME[name], __name__), name)
+
 
 __all__ = [
     "CacheClient",
