@@ -228,33 +228,28 @@ def test_a_handshake_ahead_that_does_not_end_in_time_fails_the_connect() -> None
             client.get(f"https://127.0.0.1:{port}/")
 
 
-def _opened_by(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, bool]]:
-    """What the command line opens ahead for ``convert ARGV`` (its parser, then its own choice)."""
+def _endpoints(argv: list[str]) -> list[tuple[str, int, bool]]:
+    """What ``convert ARGV`` opens ahead: (host, port, with TLS), through the command line's own parser."""
     from transcoder.cli import build_parser
-    from transcoder.cli.convert import _open_ahead
+    from transcoder.cli.convert import _endpoints as endpoints
 
-    opened: list[tuple[str, int, bool]] = []
-    monkeypatch.setattr(preconnect, "open_ahead",
-                        lambda host, port, count, secure=None: opened.append((host, port, secure is not None)))
-    _open_ahead(build_parser("convert").parse_args(["convert", *argv]))
-    return opened
+    return [tuple(e) for e in endpoints(build_parser("convert").parse_args(["convert", *argv]))]  # type: ignore[misc]
 
 
 def test_tls_is_made_ahead_only_where_it_is_certain(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _opened_by(["docker://ghcr.io/a/b:1", "--to", "type=registry,ref=127.0.0.1:5000/x"], monkeypatch) == [
+    assert _endpoints(["docker://ghcr.io/a/b:1", "--to", "type=registry,ref=127.0.0.1:5000/x"]) == [
         ("ghcr.io", 443, True), ("127.0.0.1", 5000, False)]
-    assert _opened_by(["docker://alpine", "--to", "type=registry,ref=reg.example:5000/x,insecure=true"],
-                      monkeypatch) == [("registry-1.docker.io", 443, True), ("reg.example", 5000, False)]
-    assert _opened_by(["docker://ghcr.io/a/b:1", "--src-tls-verify=false", "--to", "type=local,dest=d"],
-                      monkeypatch) == [("ghcr.io", 443, False)]
-    assert _opened_by(["docker://bad..host/a", "--to", "type=registry,ref=localhost/x",
-                       "--dest-tls-verify=true"], monkeypatch) == [("localhost", 443, False)]
+    assert _endpoints(["docker://alpine", "--to", "type=registry,ref=reg.example:5000/x,insecure=true"]) == [
+        ("registry-1.docker.io", 443, True), ("reg.example", 5000, False)]
+    assert _endpoints(["docker://ghcr.io/a/b:1", "--src-tls-verify=false", "--to", "type=local,dest=d"]) == [
+        ("ghcr.io", 443, False)]
+    assert _endpoints(["docker://bad..host/a", "--to", "type=registry,ref=localhost/x",
+                       "--dest-tls-verify=true"]) == [("localhost", 443, False)]
     monkeypatch.setenv("ACTIONS_RUNTIME_TOKEN", "t")
     monkeypatch.setenv("ACTIONS_CACHE_SERVICE_V2", "1")
     monkeypatch.setenv("ACTIONS_RESULTS_URL", "https://results.example/")
-    assert _opened_by(["oci:img", "--to", "type=gha"], monkeypatch) == [("results.example", 443, True)]
-    assert _opened_by(["oci:img", "--to", "type=gha,url_v2=http://127.0.0.1:8080/"], monkeypatch) == [
-        ("127.0.0.1", 8080, False)]
+    assert _endpoints(["oci:img", "--to", "type=gha"]) == [("results.example", 443, True)]
+    assert _endpoints(["oci:img", "--to", "type=gha,url_v2=http://127.0.0.1:8080/"]) == [("127.0.0.1", 8080, False)]
 
 
 # -- a registry source's manifest, asked for ahead ---------------------------------------------
@@ -298,14 +293,20 @@ def test_closing_a_source_ends_its_resolve_ahead(image: str) -> None:
 
 
 @pytest.mark.peers
-def test_a_registry_conversion_takes_the_connections_it_opened_ahead(
-        image: str, registry: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_registry_conversion_and_restore_take_the_connections_they_opened_ahead(
+        image: str, registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     taken = _spy_on_take(monkeypatch)
     dest = f"{registry.host}/{repo_name('early-out')}:v1"
     assert main(["convert", "docker://" + image + ":v1", "--to", f"type=registry,ref={dest},mode=replace",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"][0]["status"] == "converted"
     assert any(taken), "no connection opened ahead was used"
+    taken.clear()
+    restored = tmp_path / "restored"
+    assert main(["restore", f"type=registry,ref={dest.rsplit(':', 1)[0]}", "v1", "-o", f"oci:{restored}"]) == 0
+    assert (restored / "index.json").is_file()
+    assert any(taken), "restore used no connection opened ahead"
 
 
 def _spy_on_take(monkeypatch: pytest.MonkeyPatch) -> list[bool]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..codecs.constants import DEFAULT_LEVEL, FRAME_SIZE
 from ..errors import InputError, UsageError
+from . import ahead
 from .output import emit_json, human, parse_size, progress
 from .registry_flags import RegistryFlags, add_registry_flags
 
@@ -93,86 +94,16 @@ def _common(args: argparse.Namespace) -> tuple[ZstdParams, Digest | None, int | 
     return params, expect, max_size
 
 
-def _speaks_https(args: argparse.Namespace) -> bool:
-    """Whether this conversion talks to a registry or the Actions cache (both probe or use TLS first)."""
-    if args.src.startswith("docker://"):
-        return True
-    kind, _ = _sink_spec(args)
-    return kind in ("registry", "gha")
-
-
-def _sink_spec(args: argparse.Namespace) -> tuple[str | None, dict[str, str]]:
-    if not args.to:
-        return None, {}
-    from ..sinks import parse_spec
-
-    try:
-        return parse_spec(args.to)
-    except UsageError:
-        return None, {}  # reported, with the rest of the spec's checks, when the sink opens
-
-
-# Connections opened ahead per service named. A conversion's first round
-# trips go out side by side: on each side a probe, the manifest or the tag
-# listing, a config, and for each of the first layers (--jobs 2 plus 4 small
-# ones) its blob or its upload session. Sockets not taken close at exit.
-CONNECTIONS_AHEAD = 8
-
-
-def _open_ahead(args: argparse.Namespace) -> None:
-    """Start the TCP handshakes to the services named (registries, the Actions
-    cache) while the HTTP stack loads (:mod:`..preconnect`), and the TLS
-    handshakes where TLS is certain."""
-    from .. import preconnect, tls
-
-    for host, port, secure in _endpoints(args):
-        preconnect.open_ahead(host, port, CONNECTIONS_AHEAD, tls.context if secure else None)
-
-
-def _endpoints(args: argparse.Namespace) -> list[tuple[str, int, bool]]:
-    """(host, port, whether the client will speak verified TLS and nothing
-    else) of each service this conversion talks to. A registry on loopback or
-    insecure is probed first, so only TCP is opened to it; a flag in doubt
-    counts as insecure. What cannot be parsed is left out: it is reported
-    when the source or the sink opens."""
+def _endpoints(args: argparse.Namespace) -> list[ahead.Endpoint]:
+    """The registries and the Actions cache this conversion talks to."""
     found = []
     if args.src.startswith("docker://"):
         try:
             insecure = source_flags(args).tls_verify is False
         except UsageError:
-            insecure = True
-        found += _registry(args.src[len("docker://"):], insecure)
-    kind, opts = _sink_spec(args)
-    if kind == "registry" and opts.get("ref"):
-        insecure = (RegistryFlags.of(args, "dest").tls_verify is False
-                    or opts.get("insecure", "").lower() not in ("", "false", "0", "no"))
-        found += _registry(opts["ref"], insecure)
-    elif kind == "gha":
-        found += _actions_cache(opts)
-    return found
-
-
-def _registry(text: str, insecure: bool) -> list[tuple[str, int, bool]]:
-    from ..registry.reference import is_loopback, parse_reference
-
-    try:
-        ref = parse_reference(text, default_tag=None)
-    except UsageError:
-        return []
-    return [(*ref.endpoint, not (insecure or is_loopback(ref.api_host)))]
-
-
-def _actions_cache(opts: dict[str, str]) -> list[tuple[str, int, bool]]:
-    from urllib.parse import urlsplit
-
-    from ..gha.env import config_from
-
-    try:
-        url = urlsplit(config_from(opts, os.environ).url)
-        port = url.port or (443 if url.scheme == "https" else 80)
-    except (UsageError, ValueError):
-        return []
-    return [(url.hostname, port, url.scheme == "https")] if url.hostname else []
+            insecure = True  # in doubt: reported when the source opens
+        found += ahead.registry(args.src[len("docker://"):], insecure)
+    return found + ahead.sink(args.to, RegistryFlags.of(args, "dest").tls_verify is False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -202,11 +133,7 @@ def _head_start(args: argparse.Namespace) -> HeadStart | None:
 def _run(args: argparse.Namespace, head: HeadStart | None) -> int:
     params, expect, max_size = _common(args)
     if args.to or args.src.startswith(IMAGE_PREFIXES):
-        if _speaks_https(args):
-            from .. import tls  # here: ssl is 13 ms of imports a local conversion never needs
-
-            tls.warm()  # the CA bundle loads while the HTTP stack imports
-            _open_ahead(args)
+        ahead.start(_endpoints(args))  # the handshakes go while the rest loads
         from .convert_image import run_image
 
         return run_image(args, params, max_size)

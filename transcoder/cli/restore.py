@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from ..images.restore import restore
+from . import ahead
 from .output import emit_json, with_sink
 from .registry_flags import RegistryFlags, add_registry_flags, open_cli_sink
 
@@ -38,7 +38,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.output.startswith("oci:"):
         raise UsageError(f"-o {args.output!r}: expected oci:DIR")
     dest = args.output[4:]
-    sink = open_cli_sink(args.sink, args.authfile, RegistryFlags.of(args, "src"))
+    flags = RegistryFlags.of(args, "src")
+    ahead.start(ahead.sink(args.sink, flags.tls_verify is False))  # the handshakes go while the rest loads
+    sink = open_cli_sink(args.sink, args.authfile, flags)
+    from ..images.restore import restore
+
     result = with_sink(sink, lambda: restore(sink, args.image, dest, args.compression, args.tag))
     if result is None:
         return 0
