@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from ..codecs.constants import DEFAULT_LEVEL, FRAME_SIZE
 from ..errors import InputError, UsageError
-from . import ahead
 from .output import emit_json, human, parse_size, progress
 from .registry_flags import RegistryFlags, add_registry_flags
 
@@ -17,6 +16,7 @@ if TYPE_CHECKING:
     from ..codecs import ZstdParams
     from ..decode import HeadStart
     from ..digest import Digest
+    from .ahead import Endpoint
 
 # This module loads nothing of the encoder side (zstandard, the variant
 # table, data classes) at import: a blob's decode starts first (HeadStart).
@@ -94,8 +94,10 @@ def _common(args: argparse.Namespace) -> tuple[ZstdParams, Digest | None, int | 
     return params, expect, max_size
 
 
-def _endpoints(args: argparse.Namespace) -> list[ahead.Endpoint]:
+def _endpoints(args: argparse.Namespace) -> list[Endpoint]:
     """The registries and the Actions cache this conversion talks to."""
+    from . import ahead
+
     found = []
     if args.src.startswith("docker://"):
         try:
@@ -133,6 +135,8 @@ def _head_start(args: argparse.Namespace) -> HeadStart | None:
 def _run(args: argparse.Namespace, head: HeadStart | None) -> int:
     params, expect, max_size = _common(args)
     if args.to or args.src.startswith(IMAGE_PREFIXES):
+        from . import ahead
+
         ahead.start(_endpoints(args))  # the handshakes go while the rest loads
         from .convert_image import run_image
 
