@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import peers
+from transcoder import preconnect
 from transcoder.gha.emulator import Emulator, ManualClock
 
 
@@ -87,6 +88,14 @@ def transcoder_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 @pytest.fixture(autouse=True)
 def _private_transcoder_home(transcoder_home: Path) -> None:
     """Every test gets its own TRANSCODER_HOME, so none touches ~/.cache."""
+
+
+@pytest.fixture(autouse=True)
+def _no_connections_ahead() -> Iterator[None]:
+    """Connections a command line run opened ahead and did not use close with
+    its test, so that no test takes another's."""
+    yield
+    preconnect.forget()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -33,13 +33,6 @@ from transcoder.sinks.registry import RegistrySink
 WAIT = 10.0
 
 
-@pytest.fixture(autouse=True)
-def _no_leftovers() -> Iterator[None]:
-    preconnect.forget()
-    yield
-    preconnect.forget()
-
-
 class _Hello(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: one connection serves a client's requests in turn
 
