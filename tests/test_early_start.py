@@ -271,10 +271,16 @@ def test_a_manifest_asked_for_ahead_is_fetched_once(image: str) -> None:
 
 @pytest.mark.peers
 def test_a_resolve_ahead_that_failed_is_reported_by_resolve(image: str) -> None:
+    with RegistrySource.from_ref(image + ":missing") as plain:
+        with pytest.raises(NotFound) as expected:
+            plain.resolve()
+        requests = plain.client.requests
     with RegistrySource.from_ref(image + ":missing") as source:
         source.resolve_ahead()
-        with pytest.raises(NotFound, match=r"repository early/.*not found"):
+        with pytest.raises(NotFound, match=r"repository early/.*not found") as got:
             source.resolve()
+        assert str(got.value) == str(expected.value)
+        assert source.client.requests == requests, "the failed resolve was asked for again"
 
 
 @pytest.mark.peers

@@ -71,7 +71,9 @@ class Ahead(Generic[K, R]):
     waiting a round trip. A result is taken once; one whose call failed with
     ``redo`` is made again by the taker, which then reports what fails."""
 
-    def __init__(self, name: str, redo: type[BaseException]) -> None:
+    def __init__(self, name: str, redo: type[BaseException] | tuple[type[BaseException], ...]) -> None:
+        """``redo``: the errors after which the taker makes the call again
+        (``()``: none, the taker gets the error itself)."""
         self._name = name
         self._redo = redo
         self._calls: dict[K, Parallel[None, R]] = {}

@@ -8,7 +8,7 @@ from typing import BinaryIO
 import httpx
 
 from ..descriptor import INDEX_TYPES, MANIFEST_TYPES, Descriptor
-from ..errors import ManifestError, SizeMismatch, TranscoderError
+from ..errors import ManifestError, SizeMismatch
 from ..parallel import Ahead
 from .client import RegistryClient
 from .credentials import Credentials
@@ -22,7 +22,8 @@ class RegistrySource:
         self.ref = ref
         self.client = client
         self._manifests: dict[str, bytes] = {}  # digest -> verified bytes already fetched
-        self._resolving: Ahead[None, tuple[Descriptor, str | None]] = Ahead("resolve", TranscoderError)
+        # A failed resolve ahead is reported as it failed: asking again would double the round trips to an error.
+        self._resolving: Ahead[None, tuple[Descriptor, str | None]] = Ahead("resolve", ())
 
     @classmethod
     def from_ref(
