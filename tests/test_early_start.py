@@ -143,6 +143,20 @@ def test_a_refused_connection_leaves_the_connect_to_the_pool() -> None:
         client.get(f"http://127.0.0.1:{port}/")
 
 
+def test_a_refused_address_gives_way_to_the_names_next(server: Counting, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name that resolves to ::1 first while the server listens on IPv4 only (fault injection: the lookup)."""
+    real = socket.getaddrinfo
+    answers = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", server.port, 0, 0)),
+               (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", server.port))]
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda host, *a, **k: answers if host == "dual.test" else real(host, *a, **k))
+    preconnect.open_ahead("dual.test", server.port, 1)
+    sock = preconnect.take("dual.test", server.port, WAIT)
+    assert sock is not None and sock.getpeername()[0] == "127.0.0.1"
+    sock.close()
+    server.wait_accepted(1)
+
+
 def test_connections_dropped_before_use_are_closed(server: Counting) -> None:
     preconnect.open_ahead("127.0.0.1", server.port, 2)
     server.wait_accepted(2)

@@ -22,6 +22,7 @@ proxy variable is set, since the connections would then go to the proxy.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import selectors
@@ -85,49 +86,57 @@ class _Pending:
 class _Connector:
     """Makes a host's connections side by side, on one thread: a thread per
     connection would cost the importing main thread a GIL hand-over at each
-    start, and a handshake needs no thread of its own. With ``secure``, each
-    connection also makes its TLS handshake, with the context that function
-    returns (called on this thread, once the TCP handshakes are under way)."""
+    start, and a handshake needs no thread of its own. Like
+    ``socket.create_connection``, a connection refused at one of the name's
+    addresses tries the next (a name that resolves to ``::1`` first, while
+    the server listens on IPv4 only). With ``secure``, each connection also
+    makes its TLS handshake, with the context that function returns (called
+    on this thread, once the TCP handshakes are under way)."""
 
     def __init__(self, key: _Key, pending: list[_Pending], secure: Callable[[], ssl.SSLContext] | None) -> None:
         self._key, self._pending, self._secure = key, pending, secure
         self._context: ssl.SSLContext | None = None
         self._selector = selectors.DefaultSelector()
+        self._addresses: list[tuple[Any, ...]] = []
 
     def run(self) -> None:
         try:
-            family, kind, proto, _, address = socket.getaddrinfo(*self._key, type=socket.SOCK_STREAM)[0]
-        except OSError:
-            family = None  # the pool looks the name up itself, and reports what fails
-        try:
+            with contextlib.suppress(OSError):  # else the pool looks the name up itself, and reports what fails
+                self._addresses = socket.getaddrinfo(*self._key, type=socket.SOCK_STREAM)
             with self._selector:
                 for p in self._pending:
-                    sock = None if family is None else _start(family, kind, proto, address)
-                    if sock is None:
-                        p.finish(None)
-                    else:
-                        self._selector.register(sock, selectors.EVENT_WRITE, p)
+                    self._begin(p, 0)
                 self._loop()
         finally:
             for p in self._pending:  # whatever went wrong here, no taker waits for it
                 p.finish(None)
+
+    def _begin(self, pending: _Pending, first: int) -> None:
+        """Start ``pending``'s connect at the first address from ``first`` on that takes it."""
+        for index in range(first, len(self._addresses)):
+            family, kind, proto, _, address = self._addresses[index]
+            sock = _start(family, kind, proto, address)
+            if sock is not None:
+                self._selector.register(sock, selectors.EVENT_WRITE, (pending, index))
+                return
+        pending.finish(None)
 
     def _loop(self) -> None:
         deadline = time.monotonic() + CONNECT_TIMEOUT
         while self._selector.get_map() and (left := deadline - time.monotonic()) > 0:
             for ready, _ in self._selector.select(left):
                 self._selector.unregister(ready.fileobj)
-                self._step(ready.fileobj, ready.data)  # type: ignore[arg-type]
+                self._step(ready.fileobj, *ready.data)  # type: ignore[arg-type]
         for left_over in list(self._selector.get_map().values()):  # not connected in time
             left_over.fileobj.close()  # type: ignore[union-attr]
-            left_over.data.finish(None)
+            left_over.data[0].finish(None)
 
-    def _step(self, sock: socket.socket, pending: _Pending) -> None:
+    def _step(self, sock: socket.socket, pending: _Pending, index: int) -> None:
         """Go on with ``sock`` now that it is ready: it has connected, or its TLS handshake can go on."""
         if not isinstance(sock, ssl.SSLSocket):
             if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                 sock.close()
-                pending.finish(None)
+                self._begin(pending, index + 1)
                 return
             if self._secure is None:
                 sock.setblocking(True)
@@ -142,9 +151,9 @@ class _Connector:
         try:
             sock.do_handshake()
         except ssl.SSLWantReadError:
-            self._selector.register(sock, selectors.EVENT_READ, pending)
+            self._selector.register(sock, selectors.EVENT_READ, (pending, index))
         except ssl.SSLWantWriteError:
-            self._selector.register(sock, selectors.EVENT_WRITE, pending)
+            self._selector.register(sock, selectors.EVENT_WRITE, (pending, index))
         except (OSError, ValueError):  # not TLS, or not trusted: the pool's own attempt reports it
             sock.close()
             pending.finish(None)
