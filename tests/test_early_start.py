@@ -306,7 +306,7 @@ def test_closing_a_source_ends_its_resolve_ahead(image: str) -> None:
 
 
 @pytest.mark.peers
-def test_a_registry_conversion_and_restore_take_the_connections_they_opened_ahead(
+def test_registry_convert_restore_and_bench_take_the_connections_they_opened_ahead(
         image: str, registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     taken = _spy_on_take(monkeypatch)
@@ -315,11 +315,19 @@ def test_a_registry_conversion_and_restore_take_the_connections_they_opened_ahea
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"][0]["status"] == "converted"
     assert any(taken), "no connection opened ahead was used"
+    preconnect.forget()  # what convert opened and left: restore must find its own
     taken.clear()
     restored = tmp_path / "restored"
     assert main(["restore", f"type=registry,ref={dest.rsplit(':', 1)[0]}", "v1", "-o", f"oci:{restored}"]) == 0
     assert (restored / "index.json").is_file()
     assert any(taken), "restore used no connection opened ahead"
+    capsys.readouterr()
+    preconnect.forget()
+    taken.clear()
+    assert main(["bench", "docker://" + image + ":v1", "--codecs", "zstd", "--levels", "1", "--repeat", "1",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"]
+    assert any(taken), "bench used no connection opened ahead"
 
 
 def _spy_on_take(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
