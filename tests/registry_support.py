@@ -24,6 +24,7 @@ import json
 import re
 import secrets
 import socket
+import subprocess
 import sys
 import threading
 import uuid
@@ -48,6 +49,15 @@ Hook = Callable[[httpx.Request, Callable[[httpx.Request], httpx.Response]], http
 
 def repo_name(prefix: str = "t") -> str:
     return f"{prefix}/{uuid.uuid4().hex[:12]}"
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A one-day certificate for 127.0.0.1 and its key, written into ``directory``."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
 
 
 def push_one_layer_image(sink: RegistrySink, tar: bytes, tag: str = "v1") -> None:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.imagegen import make_tar, write_layout
-from tests.registry_support import push_one_layer_image, repo_name
+from tests.registry_support import push_one_layer_image, repo_name, self_signed
 from transcoder import preconnect
 from transcoder.cli import main
 from transcoder.errors import NotFound
@@ -171,12 +171,7 @@ def test_connections_dropped_before_use_are_closed(server: Counting) -> None:
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    work = tmp_path_factory.mktemp("early-tls")
-    cert, key = work / "cert.pem", work / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
+    return self_signed(tmp_path_factory.mktemp("early-tls"))
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 
 from tests import peers
 from tests.peer_process import port_open
-from tests.registry_support import repo_name
+from tests.registry_support import repo_name, self_signed
 from transcoder.descriptor import OCI_LAYER_GZIP
 from transcoder.digest import Digest
 from transcoder.errors import SinkError
@@ -114,10 +114,7 @@ def test_blob_reads_follow_redirects_without_credentials(redirecting: Redirectin
 @pytest.fixture(scope="module")
 def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     work = tmp_path_factory.mktemp("tls")
-    cert, key = work / "cert.pem", work / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    cert, key = self_signed(work)
     config = f"  tls:\n    certificate: {cert}\n    key: {key}\n"
     with registry_process(work, config, free_port()) as host:
         yield host, cert
