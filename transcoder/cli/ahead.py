@@ -58,7 +58,7 @@ def sink(spec: str | None, insecure_flag: bool) -> list[Endpoint]:
     ``insecure_flag``: a command line flag turned TLS verification off."""
     if not spec:
         return []
-    from ..sinks import parse_spec
+    from ..sinks import REGISTRY_FALSE, parse_spec
 
     try:
         kind, opts = parse_spec(spec)
@@ -66,7 +66,7 @@ def sink(spec: str | None, insecure_flag: bool) -> list[Endpoint]:
         return []
     if kind == "registry" and opts.get("ref"):
         # A value in doubt counts as insecure: then only TCP is opened ahead.
-        insecure = insecure_flag or opts.get("insecure", "").lower() not in ("", "false", "0", "no")
+        insecure = insecure_flag or opts.get("insecure", "").lower() not in REGISTRY_FALSE
         return registry(opts["ref"], insecure)
     if kind == "gha":
         return _actions_cache(opts)

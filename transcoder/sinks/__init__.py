@@ -13,6 +13,10 @@ from typing import Any
 from ..errors import UsageError
 from .base import Sink
 
+# How a yes/no option of a type=registry spec is spelled (any case); the
+# command line reads insecure= with these before the sink's module loads.
+REGISTRY_TRUE, REGISTRY_FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+
 # name -> (module, class, pip extra needed, module whose absence means the extra is missing)
 KNOWN: dict[str, tuple[str, str, str | None, str | None]] = {
     "local": ("transcoder.sinks.local", "LocalSink", None, None),

@@ -36,17 +36,17 @@ from ..registry.credentials import Credentials
 from ..registry.records import RepositoryRecords
 from ..registry.reference import parse_reference
 from ..registry.upload import RegistryBlobWriter
+from . import REGISTRY_FALSE, REGISTRY_TRUE
 from .base import as_digest
 
 OPTIONS = ("ref", "mode", "insecure", "username", "password", "authfile")
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
 
 
 def _flag(opts: dict[str, str], key: str) -> bool:
     value = opts.get(key, "").lower()
-    if value not in _TRUE + _FALSE:
+    if value not in REGISTRY_TRUE + REGISTRY_FALSE:
         raise UsageError(f"type=registry: option {key}={value[:20]!r} must be true or false")
-    return value in _TRUE
+    return value in REGISTRY_TRUE
 
 
 class RegistrySink:
