@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from . import ahead
 
     # The registries' handshakes go while the rest loads (a docker:// SRC is read with TLS verified).
-    ahead.start([e for src in args.src if src.startswith("docker://") for e in ahead.registry(src[9:], False)])
+    refs = [src.removeprefix("docker://") for src in args.src if src.startswith("docker://")]
+    ahead.start([e for ref in refs for e in ahead.registry(ref, False)])
     from ..bench import load_layers, run_bench
     from ..bench.plot import save_plot
     from ..bench.report import table, to_csv
