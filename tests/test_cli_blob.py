@@ -84,6 +84,37 @@ def test_level_is_part_of_identity(layer: Path, tmp_path: Path) -> None:
     assert b["cached"] is False and a["target"]["digest"] != b["target"]["digest"]
 
 
+def test_zstd_tuning_is_part_of_identity(layer: Path, tmp_path: Path, transcoder_home: Path) -> None:
+    plain = json.loads(cli("convert", str(layer), "-o", str(tmp_path / "3.zst"), "--json").stdout)
+    tuned = json.loads(cli("convert", str(layer), "-o", str(tmp_path / "t.zst"), "--zstd", "clog=13",
+                           "--json").stdout)
+    assert "tuning" not in plain["params"] and tuned["params"]["tuning"] == {"clog": 13}
+    assert tuned["cached"] is False and tuned["target"]["digest"] != plain["target"]["digest"]
+    assert unzstd((tmp_path / "t.zst").read_bytes()) == TAR
+    # the same tuning spelled otherwise is the same variant: a hit
+    again = json.loads(cli("convert", str(layer), "-o", str(tmp_path / "u.zst"), "--zstd", " clog=13 ,",
+                           "--json").stdout)
+    assert again["cached"] is True and again["target"] == tuned["target"]
+    assert variant_rows(transcoder_home) == 2
+    listing = cli("variants", "list").stdout
+    assert "zstd-3 clog=13 " in listing and listing.count("zstd-3") == 2
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("clog=40", "--zstd clog=40: clog must be 6 to "),
+    ("hlog", "--zstd 'hlog': 'hlog' is not NAME=NUMBER"),
+    ("ovlog=3", "--zstd ovlog=3: unknown parameter"),
+    ("clog=13,clog=14", "--zstd clog: given twice"),
+    ("strat=-1", "is not NAME=NUMBER"),
+])
+def test_bad_zstd_tuning_is_a_usage_error(value: str, message: str, layer: Path, tmp_path: Path,
+                                          transcoder_home: Path) -> None:
+    out = tmp_path / "x.zst"
+    r = cli("convert", str(layer), "-o", str(out), "--zstd", value)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists() and variant_rows(transcoder_home) == 0
+
+
 def test_stdin_pipe(layer: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.zst"
     with open(layer, "rb") as f:

@@ -238,6 +238,23 @@ def test_empty_tar_is_one_empty_frame() -> None:
     assert bytes(w.buf) == compress_frames(b"", ZstdParams())
 
 
+def test_tuned_frames_are_what_libzstd_makes_with_those_parameters() -> None:
+    """Each frame is libzstd's one-shot output at the level with the named
+    parameters over it, whatever the worker count; without tuning the identity
+    is the level's alone, as recorded before tuning existed."""
+    params = ZstdParams(tuning=ZstdParams.parse_tuning("clog=13,hlog=16"))
+    assert params.tuning == (("hlog", 16), ("clog", 13))  # TUNABLES order, whatever the order given
+    cctx = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
+        3, hash_log=16, chain_log=13))
+    oracle = b"".join(cctx.compress(BIG[i : i + FRAME_SIZE]) for i in range(0, len(BIG), FRAME_SIZE))
+    outs = {bytes(run(gz(BIG), params=params, workers=n)[0].buf) for n in (1, 3)}
+    assert outs == {oracle} and oracle != compress_frames(BIG, ZstdParams(), workers=2)
+    assert zstd_cli_decode(oracle) == BIG
+    assert "tuning" not in ZstdParams().to_json() and ZstdParams().label == "zstd-3"
+    assert params.key != ZstdParams().key and ZstdParams.from_json(params.to_json()) == params
+    assert params.label == "zstd-3 hlog=16,clog=13"
+
+
 class PlainWriter:
     """A BlobWriter that is not a WriterBase: the pipeline hashes the output itself."""
 

@@ -201,6 +201,23 @@ def test_records_travel_with_the_directory(layout: Path, tmp_path: Path) -> None
     assert out["converted"] == 0 and out["hits"] == 2
 
 
+def test_tuned_variants_travel_and_match_only_the_same_tuning(layout: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    first = convert(layout, "app", store, "--zstd", "clog=13")
+    assert first["converted"] == 2 and first["params"]["tuning"] == {"clog": 13}
+    zstd_manifest = next(d for d in doc(store, entry(store, "app")["digest"])["manifests"]
+                         if d.get("annotations", {}).get(ANNOTATION_ZSTD) == "true")
+    layers = doc(store, zstd_manifest["digest"])["layers"]
+    assert [unzstd(blob(store, d["digest"])) for d in layers] == [TARS[0], TARS[1], TARS[0]]
+    fresh = {**os.environ, "TRANSCODER_HOME": str(tmp_path / "fresh-home")}  # another machine: the store's records
+    same = json.loads(cli("convert", f"oci:{layout}:app", "--to", f"type=local,dest={store}", "--json",
+                          "--zstd", "clog=13", env=fresh).stdout)
+    assert same["converted"] == 0 and same["hits"] == 2
+    plain = json.loads(cli("convert", f"oci:{layout}:app", "--to", f"type=local,dest={store}", "--json",
+                           env=fresh).stdout)
+    assert plain["converted"] == 2 and "tuning" not in plain["params"]
+
+
 def test_skopeo_reads_and_copies_the_store(layout: Path, tmp_path: Path, skopeo: str) -> None:
     store = tmp_path / "store"
     convert(layout, "multi", store)

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-o", "--output", metavar="OUT", help="where to write the zstd blob (blob mode)")
     p.add_argument("--to", metavar="SINK", help="sink spec for image mode, e.g. type=local,dest=DIR")
     p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level 1-19 (default %(default)s)")
+    p.add_argument("--zstd", metavar="NAME=N,...", default="",
+                   help="libzstd parameters over the level's own, as zstd's --zstd= option names them: wlog, hlog, "
+                   "clog, slog, mml, tlen, strat (e.g. hlog=17,clog=13); part of the variant's identity")
     p.add_argument("--workers", type=int, default=None,
                    help="threads that compress zstd frames, the decoding one included (default: number of cores)")
     p.add_argument("--expect", metavar="DIGEST", help="refuse the source unless it hashes to this sha256 digest")
@@ -83,7 +86,7 @@ def _common(args: argparse.Namespace) -> tuple[ZstdParams, Digest | None, int | 
     from ..codecs import ZstdParams
     from ..digest import Digest
 
-    params = ZstdParams(level=args.level)
+    params = ZstdParams(level=args.level, tuning=ZstdParams.parse_tuning(args.zstd))
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
     try:
@@ -168,7 +171,7 @@ def _print_human(result: object) -> None:
     assert isinstance(result, TranscodeResult)
     src, tgt = result.source, result.target
     if result.noop:
-        print(f"nothing to do: {src.digest} is already zstd level {result.params.level}", file=sys.stderr)
+        print(f"nothing to do: {src.digest} is already {result.params.label}", file=sys.stderr)
         return
     how = "variant table hit" if result.cached else f"{result.seconds:.2f}s"
     print(f"{src.digest} ({human(src.size)}) -> {tgt.digest} ({human(tgt.size)}), diffID {result.diff_id}, {how}")

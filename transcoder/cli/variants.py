@@ -51,7 +51,7 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     for r in recs:
         print(f"{r.source.digest.short} {human(r.source.size):>10} -> {r.target.digest.short} "
-              f"{human(r.target.size):>10}  zstd-{r.params.level} {r.params.library}")
+              f"{human(r.target.size):>10}  {r.params.label} {r.params.library}")
     print(f"{len(recs)} variant(s)", file=sys.stderr)
     return 0
 

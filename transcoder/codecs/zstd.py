@@ -36,28 +36,69 @@ def libzstd_version() -> str:
     return ".".join(str(p) for p in zstandard.ZSTD_VERSION)
 
 
+# libzstd's advanced parameters a variant may set over its level's own, by
+# the names of the zstd command's --zstd= option, with the keyword each has
+# in zstandard.ZstdCompressionParameters and its bounds.
+TUNABLES: dict[str, tuple[str, int, int]] = {
+    "wlog": ("window_log", zstandard.WINDOWLOG_MIN, zstandard.WINDOWLOG_MAX),
+    "hlog": ("hash_log", zstandard.HASHLOG_MIN, zstandard.HASHLOG_MAX),
+    "clog": ("chain_log", zstandard.CHAINLOG_MIN, zstandard.CHAINLOG_MAX),
+    "slog": ("search_log", zstandard.SEARCHLOG_MIN, zstandard.SEARCHLOG_MAX),
+    "mml": ("min_match", zstandard.MINMATCH_MIN, zstandard.MINMATCH_MAX),
+    "tlen": ("target_length", zstandard.TARGETLENGTH_MIN, zstandard.TARGETLENGTH_MAX),
+    "strat": ("strategy", zstandard.STRATEGY_FAST, zstandard.STRATEGY_BTULTRA2),
+}
+
+Tuning = tuple[tuple[str, int], ...]
+
+
 @dataclass(frozen=True)
 class ZstdParams:
-    """Everything that decides the output bytes; the variant's identity."""
+    """Everything that decides the output bytes; the variant's identity.
+
+    ``tuning``: libzstd parameters set over the level's own (``TUNABLES``),
+    as sorted (name, value) pairs; each one left out keeps the level's
+    value. Without any, the identity is the level's alone, as it always was.
+    """
 
     level: int = DEFAULT_LEVEL
     strategy: str = STRATEGY
     library: str = ""
+    tuning: Tuning = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.level, bool) or not isinstance(self.level, int) or not MIN_LEVEL <= self.level <= MAX_LEVEL:
             raise UsageError(f"--level {self.level!r}: zstd level must be {MIN_LEVEL} to {MAX_LEVEL}")
+        object.__setattr__(self, "tuning", _checked_tuning(self.tuning))
         if not self.library:
             object.__setattr__(self, "library", "libzstd " + libzstd_version())
 
     def to_json(self) -> dict[str, Any]:
-        return {"codec": "zstd", "level": self.level, "strategy": self.strategy, "library": self.library}
+        obj: dict[str, Any] = {"codec": "zstd", "level": self.level, "strategy": self.strategy, "library": self.library}
+        if self.tuning:
+            obj["tuning"] = dict(self.tuning)
+        return obj
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ZstdParams:
         if not isinstance(obj, dict) or obj.get("codec") != "zstd":
             raise FormatError(f"unknown codec in variant parameters: {obj!r:.80}")
-        return cls(level=int(obj["level"]), strategy=str(obj["strategy"]), library=str(obj["library"]))
+        tuning = obj.get("tuning", {})
+        if not isinstance(tuning, dict):
+            raise FormatError(f"variant parameters: tuning is not an object: {tuning!r:.80}")
+        return cls(level=int(obj["level"]), strategy=str(obj["strategy"]), library=str(obj["library"]),
+                   tuning=tuple(tuning.items()))
+
+    @classmethod
+    def parse_tuning(cls, text: str) -> Tuning:
+        """``hlog=17,clog=13`` (the zstd command's --zstd= form) as tuning pairs."""
+        pairs = []
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, sep, value = item.partition("=")
+            if not sep or not value.strip().isdigit():
+                raise UsageError(f"--zstd {text!r}: {item!r} is not NAME=NUMBER (names: {', '.join(TUNABLES)})")
+            pairs.append((name.strip(), int(value)))
+        return _checked_tuning(tuple(pairs))
 
     @property
     def key(self) -> str:
@@ -66,14 +107,40 @@ class ZstdParams:
         return f"zstd-{self.level}-" + hashlib.sha256(blob).hexdigest()[:12]
 
     @property
+    def label(self) -> str:
+        """``zstd-3``, or ``zstd-3 hlog=17,clog=13`` with tuning."""
+        extra = ",".join(f"{n}={v}" for n, v in self.tuning)
+        return f"zstd-{self.level}" + (f" {extra}" if extra else "")
+
+    @property
     def producible(self) -> bool:
         """True when this process's libzstd makes exactly these bytes."""
         return self.strategy == STRATEGY and self.library == "libzstd " + libzstd_version()
 
     def frame_compressor(self) -> zstandard.ZstdCompressor:
         """A single-threaded context for whole frames (one per thread: contexts are not thread-safe)."""
-        return zstandard.ZstdCompressor(level=self.level)
+        if not self.tuning:
+            return zstandard.ZstdCompressor(level=self.level)
+        # Only the named parameters are set; libzstd takes the rest from the
+        # level, for each frame's size, as it does with no tuning.
+        chosen = {TUNABLES[name][0]: value for name, value in self.tuning}
+        return zstandard.ZstdCompressor(
+            compression_params=zstandard.ZstdCompressionParameters(compression_level=self.level, **chosen))
 
+
+def _checked_tuning(tuning: Tuning) -> Tuning:
+    """Known names within their bounds, each once, in ``TUNABLES`` order."""
+    seen: dict[str, int] = {}
+    for name, value in tuning:
+        if name not in TUNABLES:
+            raise UsageError(f"--zstd {name}={value}: unknown parameter (known: {', '.join(TUNABLES)})")
+        _, low, high = TUNABLES[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise UsageError(f"--zstd {name}={value!r}: {name} must be {low} to {high}")
+        if name in seen:
+            raise UsageError(f"--zstd {name}: given twice")
+        seen[name] = value
+    return tuple((name, seen[name]) for name in TUNABLES if name in seen)
 
 
 class FrameWalker:

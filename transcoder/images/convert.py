@@ -88,6 +88,7 @@ class ImageResult:
     mode: str
     layers: list[LayerOutcome]
     seconds: float
+    params: ZstdParams = field(default_factory=ZstdParams)  # of the zstd variants
 
     def to_json(self) -> dict[str, Any]:
         before = sum(o.source.size for o in self.layers)
@@ -97,6 +98,7 @@ class ImageResult:
             "mode": self.mode,
             "source": self.source_root.to_json(),
             "root": self.root.to_json(),
+            "params": self.params.to_json(),
             "layers": [o.to_json() for o in self.layers],
             "converted": sum(o.status == "converted" for o in self.layers),
             "hits": sum(o.status == "hit" for o in self.layers),
@@ -225,7 +227,7 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
         if isinstance(sink, RecordStager):
             sink.drop_staged()  # what an image that failed staged ends before this returns
     layers = [outcomes[d] for d in dict.fromkeys(x.digest for m in p.manifests for x in m.manifest.layers)]
-    return ImageResult(name, p.root, root, opts.mode, layers, time.perf_counter() - started)
+    return ImageResult(name, p.root, root, opts.mode, layers, time.perf_counter() - started, opts.params)
 
 
 def _put_configs(source: ImageSource, sink: Sink, p: Plan) -> Parallel[Platformed, Descriptor]:
