@@ -89,6 +89,23 @@ def test_ratios_are_real_sizes(layer: Path) -> None:
         assert rows[f"zstd-{level}"].ratio == pytest.approx(len(TAR) / made.target.size)
 
 
+def test_a_zstd_tuning_is_measured_as_convert_makes_it(layer: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = bench_json(str(layer), "--codecs", "zstd", "--levels", "zstd=1,3", "--zstd", "clog=13", "--zstd",
+                     "clog=13 ", "--repeat", "1", capsys=capsys)
+    rows = rows_by_label(doc)
+    assert set(rows) == {"as published (isal)", "as published (zlib)", "zstd-1", "zstd-3", "zstd-1 clog=13",
+                         "zstd-3 clog=13"}  # the same tuning twice is measured once
+    tuned = ZstdParams(3, tuning=ZstdParams.parse_tuning("clog=13"))
+    made = transcode_stream(io.BytesIO(layer.read_bytes()), NullWriter("zstd"), params=tuned, workers=2)
+    assert rows["zstd-3 clog=13"]["size"] == made.target.size != rows["zstd-3"]["size"]
+    assert rows["zstd-3 clog=13"]["tuning"] == "clog=13" and rows["zstd-3"]["tuning"] is None
+    assert rows["zstd-3 clog=13"]["library"] == "libzstd clog=13"
+    assert doc["comparison"]["zstd"] == "zstd-3"  # the summary speaks of the default
+    gzip_only = bench_json(str(layer), "--codecs", "gzip", "--levels", "zlib=6", "--zstd", "clog=13", "--repeat", "1",
+                           capsys=capsys)
+    assert [r["label"] for r in gzip_only["rows"] if r["codec"] == "zstd"] == ["zstd-3 clog=13"]
+
+
 def test_sizes_agree_with_command_line_tools(tmp_path: Path) -> None:
     """gzip -6 and zstd -3 (other deflate and libzstd builds) land within a few percent."""
     gzip_cli, zstd_cli = peers.require_tool("gzip"), peers.require_tool("zstd")
@@ -267,9 +284,21 @@ def test_plot_png_is_a_valid_image(layer: Path, tmp_path: Path, capsys: pytest.C
 
 def test_plot_svg_parses_as_xml(layer: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.svg"
-    bench_json(str(layer), "--codecs", "zstd", "--levels", "3", "--repeat", "1", "--plot", str(out), capsys=capsys)
+    bench_json(str(layer), "--codecs", "zstd", "--levels", "3", "--repeat", "1", "--plot", str(out), "--zstd", "clog=13",
+               "--zstd", "hlog=16", capsys=capsys)
     root = ET.parse(out).getroot()
     assert root.tag.endswith("svg")
+    # a series per library: zstd, and each tuning in a style of its own
+    assert {"tab:red", "tab:orange", "tab:purple"} <= set(_styles_of(root))
+
+
+def _styles_of(root: ET.Element) -> list[str]:
+    """The named matplotlib colours a plot's markers were drawn in."""
+    from matplotlib import colors
+
+    fills = {el.get("style", "") for el in root.iter() if "fill: #" in el.get("style", "")}
+    hexes = {part.split("fill: ")[1][:7] for part in fills}
+    return [name for name in ("tab:red", "tab:orange", "tab:purple", "tab:green") if colors.to_hex(name) in hexes]
 
 
 # --- images -----------------------------------------------------------------------------------------
@@ -338,6 +367,8 @@ def test_registry_image(tmp_path: Path, registry: peers.Registry, skopeo: str, c
     (["--bandwidth", "fast"], "--bandwidth 'fast'"),
     (["--repeat", "0"], "--repeat 0: must be at least 1"),
     (["--workers", "0"], "--workers 0: must be at least 1"),
+    (["--zstd", "clog=99"], "--zstd clog=99: clog must be 6 to"),
+    (["--zstd", ","], "--zstd ',': no parameters given"),
     (["--plot", "out.jpg"], "must end in .png or .svg"),
     (["--plot", "no/such/dir/out.png"], "does not exist"),
 ])

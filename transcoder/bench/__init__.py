@@ -8,7 +8,7 @@ table, JSON, CSV (``report``) or a plot (``plot``).
 
 from __future__ import annotations
 
-from .codecs import CODECS, Codec, parse_codecs, parse_levels
+from .codecs import CODECS, Codec, parse_codecs, parse_levels, tuned_zstd
 from .layers import Layer, load_layers
 from .machine import load_average, machine_info
 from .measure import Case, Row, Tick, measure, published_cases
@@ -29,6 +29,7 @@ __all__ = [
     "parse_levels",
     "pull_seconds",
     "run_bench",
+    "tuned_zstd",
 ]
 
 

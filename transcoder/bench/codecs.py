@@ -61,9 +61,12 @@ class Codec:
     default_levels: tuple[int, ...]
     compress: Callable[[bytes, int, int], bytes]  # (data, level, workers) -> blob
     decode: Callable[[bytes], Iterator[bytes]]  # blob -> decoded pieces
+    tuning: str = ""  # zstd's --zstd parameters over each level, as ``hlog=17,clog=13``
 
     def label(self, level: int) -> str:
-        return f"{self.format}/{self.library}-{level}" if self.format == "gzip" else f"{self.format}-{level}"
+        if self.format == "gzip":
+            return f"{self.format}/{self.library}-{level}"
+        return f"{self.format}-{level}" + (f" {self.tuning}" if self.tuning else "")
 
 
 def _inflate(blob: bytes, new: Callable[[], _Decompressobj]) -> Iterator[bytes]:
@@ -109,6 +112,23 @@ ZLIB = Codec(
     lambda blob: _inflate(blob, lambda: zlib.decompressobj(31)),
 )
 ZSTD = Codec("zstd", "zstd", "libzstd", range(1, 20), (1, 3, 6, 9, 12, 15, 19), _zstd_compress, _zstd_decode)
+
+
+
+def tuned_zstd(text: str) -> Codec:
+    """zstd with ``--zstd`` parameters over each level (as ``convert --zstd``
+    takes them): a codec of its own, measured at zstd's levels."""
+    tuning = ZstdParams.parse_tuning(text)
+    if not tuning:
+        raise UsageError(f"--zstd {text!r}: no parameters given (e.g. clog=13)")
+    spelled = ",".join(f"{name}={value}" for name, value in tuning)
+
+    def compress(data: bytes, level: int, workers: int) -> bytes:
+        return compress_frames(data, ZstdParams(level, tuning=tuning), workers)
+
+    return Codec(f"zstd {spelled}", "zstd", f"libzstd {spelled}", ZSTD.levels, ZSTD.default_levels, compress,
+                 _zstd_decode, spelled)
+
 
 CODECS = {c.name: c for c in (ISAL, ZLIB, ZSTD)}
 ALIASES = {"gzip": ("isal", "zlib")}

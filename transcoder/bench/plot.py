@@ -13,6 +13,7 @@ from ..errors import StoreError, UsageError
 FORMATS = (".png", ".svg")
 INSTALL_HINT = "pip install 'transcoder[plot]' (or: pip install matplotlib)"
 _STYLE = {"isal": ("tab:green", "s"), "zlib": ("tab:blue", "o"), "libzstd": ("tab:red", "^")}
+_MORE = (("tab:orange", "v"), ("tab:purple", "D"), ("tab:brown", "P"), ("tab:gray", "X"))  # tuned zstd
 
 
 def check_target(path: str) -> None:
@@ -33,14 +34,24 @@ def _series(rows: list[dict[str, Any]], library: str, key: str) -> tuple[list[fl
     return [r[key]["mb_per_s"] for r in picked], [r["ratio"] for r in picked], [str(r["level"]) for r in picked]
 
 
+def _styles(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Each library's colour and marker: the known ones', then one of ``_MORE`` per tuned zstd."""
+    styles, more = dict(_STYLE), iter(_MORE)
+    for library in dict.fromkeys(r["library"] for r in rows if not r["published"]):
+        if library not in styles:
+            styles[library] = next(more, ("black", "."))
+    return styles
+
+
 def _panel(ax: Any, rows: list[dict[str, Any]], key: str, title: str) -> None:
     from matplotlib.ticker import FuncFormatter
 
-    for library, (color, marker) in _STYLE.items():
+    for library, (color, marker) in _styles(rows).items():
         xs, ys, levels = _series(rows, library, key)
         if not xs:
             continue
-        name = "zstd" if library == "libzstd" else f"gzip ({library})"
+        name = "zstd" if library == "libzstd" else f"zstd {library[8:]}" if library.startswith("libzstd ") \
+            else f"gzip ({library})"
         # Levels trade ratio for compression speed along a line; decode speed has no such order.
         style = "-" if key == "compress" else "none"
         ax.plot(xs, ys, marker=marker, color=color, linestyle=style, linewidth=0.8, markersize=5, label=name)

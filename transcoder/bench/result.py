@@ -25,6 +25,7 @@ def row_json(row: Row, bandwidths: list[float], model: str) -> dict[str, Any]:
         "codec": case.codec.format,
         "library": case.codec.library,
         "level": case.level,
+        "tuning": case.codec.tuning or None,
         "published": case.published,
         "workers": row.workers,
         "tar_bytes": row.tar_bytes,
@@ -58,8 +59,9 @@ def gzip_reference(rows: list[Row]) -> Row | None:
 
 
 def zstd_focus(rows: list[Row]) -> Row | None:
-    """The zstd row the summary talks about: level 3 (the default), else the lowest."""
-    zs = sorted((r for r in rows if r.case.codec.format == "zstd" and not r.case.published), key=lambda r: r.case.level or 0)
+    """The zstd row the summary talks about: level 3 (the default) untuned, else the lowest."""
+    zs = sorted((r for r in rows if r.case.codec.format == "zstd" and not r.case.published),
+                key=lambda r: (bool(r.case.codec.tuning), r.case.level or 0))
     return next((r for r in zs if r.case.level == DEFAULT_ZSTD_LEVEL), zs[0] if zs else None)
 
 

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..codecs.constants import DEFAULT_LEVEL
 from ..errors import UsageError
 from ..transcode import default_workers
 from .output import emit_json, parse_size, progress
@@ -37,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--levels", action="append", default=[], metavar="[CODEC=]LIST",
                    help="levels to measure, e.g. 1,3,9 or zstd=1-19 or gzip=all (repeatable; default isal 1,2,3, "
                    "zlib 1,6,9, zstd 1,3,6,9,12,15,19)")
+    p.add_argument("--zstd", action="append", default=[], metavar="NAME=N,...",
+                   help="also measure zstd with these libzstd parameters over each level, as convert --zstd takes "
+                   "them (e.g. clog=13), at zstd's levels, or 3 without zstd among --codecs (repeatable)")
     p.add_argument("--workers", type=int, default=None, help="zstd worker threads (default: number of cores)")
     p.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, metavar="K", help="timed runs per case (default %(default)s)")
     p.add_argument("--bandwidth", action="append", default=[], metavar="RATE",
@@ -67,11 +71,14 @@ class _Plan:
 
 def _plan(args: argparse.Namespace) -> _Plan:
     """Check every option before loading or measuring anything."""
-    from ..bench import parse_bandwidth, parse_codecs, parse_levels
+    from ..bench import parse_bandwidth, parse_codecs, parse_levels, tuned_zstd
     from ..bench.plot import check_target
 
     codecs = parse_codecs(args.codecs)
     levels = parse_levels(args.levels, codecs)
+    for tuned in {c.name: c for c in map(tuned_zstd, args.zstd)}.values():  # each tuning once
+        codecs.append(tuned)
+        levels[tuned.name] = levels.get("zstd", [DEFAULT_LEVEL])
     if args.repeat < 1:
         raise UsageError(f"--repeat {args.repeat}: must be at least 1")
     workers = default_workers() if args.workers is None else args.workers
