@@ -13,13 +13,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.http_support import WAIT, Counting
 from tests.imagegen import make_tar, write_layout
 from tests.registry_support import push_one_layer_image, repo_name, self_signed
 from transcoder import preconnect
@@ -29,53 +29,6 @@ from transcoder.gha.emulator import Emulator
 from transcoder.httpclient import new_client
 from transcoder.registry.source import RegistrySource
 from transcoder.sinks.registry import RegistrySink
-
-WAIT = 10.0
-
-
-class _Hello(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: one connection serves a client's requests in turn
-
-    def do_GET(self) -> None:
-        server: Counting = self.server  # type: ignore[assignment]
-        server.served.append(self.client_address)
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-class Counting(ThreadingHTTPServer):
-    """A real HTTP server on loopback that keeps the address of every connection it accepts."""
-
-    daemon_threads = True
-
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), _Hello)
-        if tls is not None:
-            self.socket = tls.wrap_socket(self.socket, server_side=True)  # accept() makes the handshake
-        self.accepted: list[tuple[str, int]] = []
-        self.served: list[tuple[str, int]] = []
-        self.changed = threading.Condition()
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = super().get_request()
-        with self.changed:
-            self.accepted.append(address)
-            self.changed.notify_all()
-        return sock, address
-
-    def wait_accepted(self, count: int) -> None:
-        with self.changed:
-            assert self.changed.wait_for(lambda: len(self.accepted) >= count, WAIT), self.accepted
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,7 +26,7 @@ import httpcore
 import httpx
 from httpcore._backends.sync import SyncBackend, SyncStream  # the plain-socket stream httpcore's backend makes
 
-from . import preconnect, tls
+from . import eyeballs, preconnect, tls
 from .deadline import current
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -133,12 +133,11 @@ class Secured(httpcore.NetworkStream):
     (:mod:`transcoder.preconnect`). httpcore asks a new connection for TLS
     before anything else: asked with the context and server name the
     handshake was made with, this is that connection; asked with others, or
-    for plain bytes, it is closed and a new connection made as usual."""
+    for plain bytes, it is closed and ``connect`` makes a new connection."""
 
-    def __init__(self, sock: ssl.SSLSocket, host: str, port: int, backend: httpcore.NetworkBackend,
-                 options: list[Any]) -> None:
+    def __init__(self, sock: ssl.SSLSocket, connect: Callable[[float | None], httpcore.NetworkStream]) -> None:
         self._sock = sock
-        self._host, self._port, self._backend, self._options = host, port, backend, options
+        self._connect = connect
         self._fresh: httpcore.NetworkStream | None = None
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
@@ -150,7 +149,7 @@ class Secured(httpcore.NetworkStream):
     def _instead(self, timeout: float | None) -> httpcore.NetworkStream:
         if self._fresh is None:
             self._sock.close()
-            self._fresh = self._backend.connect_tcp(self._host, self._port, timeout, None, self._options)
+            self._fresh = self._connect(timeout)
         return self._fresh
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
@@ -167,7 +166,10 @@ class Secured(httpcore.NetworkStream):
 
 
 class DeadlineBackend(httpcore.NetworkBackend):
-    """Wraps httpcore's backend: its streams are :class:`DeadlineStream`, with ``socket_options`` added."""
+    """Wraps httpcore's backend: its streams are :class:`DeadlineStream`, with
+    ``socket_options`` added. Where the inner backend is httpcore's plain
+    sync one, it makes the sockets itself: taken from :mod:`transcoder.preconnect`,
+    else raced over the name's addresses (:mod:`transcoder.eyeballs`)."""
 
     def __init__(self, inner: httpcore.NetworkBackend, socket_options: Iterable[Any] = ()) -> None:
         self._inner = inner
@@ -176,20 +178,29 @@ class DeadlineBackend(httpcore.NetworkBackend):
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
         options = [*(socket_options or ()), *self._options]
-        sock = self._opened_ahead(host, port, timeout, local_address)
-        if sock is not None:
-            for option in (*options, NODELAY):  # as httpcore sets them on a socket of its own
-                sock.setsockopt(*option)
-            if isinstance(sock, ssl.SSLSocket):
-                return DeadlineStream(Secured(sock, host, port, self._inner, options))
-            return DeadlineStream(SyncStream(sock))
-        return DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, options))
-
-    def _opened_ahead(self, host: str, port: int, timeout: float | None,
-                      local_address: str | None) -> socket.socket | None:
-        """A socket from :mod:`transcoder.preconnect`, where this backend makes plain sockets itself."""
         if local_address is not None or not isinstance(self._inner, SyncBackend):
-            return None
+            return DeadlineStream(self._inner.connect_tcp(host, port, timeout, local_address, options))
+        sock = self._opened_ahead(host, port, timeout)
+        if sock is None:
+            return DeadlineStream(self._fresh(host, port, timeout, options))
+        _set(sock, options)
+        if isinstance(sock, ssl.SSLSocket):
+            return DeadlineStream(Secured(sock, lambda left: self._fresh(host, port, left, options)))
+        return DeadlineStream(SyncStream(sock))
+
+    @staticmethod
+    def _fresh(host: str, port: int, timeout: float | None, options: list[Any]) -> httpcore.NetworkStream:
+        """A new connection, raced over the name's addresses."""
+        try:
+            sock = eyeballs.connect(host, port, timeout)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        return SyncStream(_set(sock, options))
+
+    @staticmethod
+    def _opened_ahead(host: str, port: int, timeout: float | None) -> socket.socket | None:
         try:
             return preconnect.take(host, port, timeout)
         except TimeoutError as exc:
@@ -201,6 +212,13 @@ class DeadlineBackend(httpcore.NetworkBackend):
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
+
+
+def _set(sock: socket.socket, options: list[Any]) -> socket.socket:
+    """``sock`` with the socket options, and TCP_NODELAY, as httpcore sets them on a socket of its own."""
+    for option in (*options, NODELAY):
+        sock.setsockopt(*option)
+    return sock
 
 
 def _install(transport: httpx.BaseTransport | None, options: list[Any]) -> None:

@@ -23,7 +23,6 @@ proxy variable is set, since the connections would then go to the proxy.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import selectors
 import socket
@@ -31,7 +30,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+
+from .eyeballs import Race
 
 # Servers close a connection that sends nothing for a while (tens of seconds
 # in common front ends); a socket older than this is not trusted to be open.
@@ -86,58 +86,62 @@ class _Pending:
 class _Connector:
     """Makes a host's connections side by side, on one thread: a thread per
     connection would cost the importing main thread a GIL hand-over at each
-    start, and a handshake needs no thread of its own. Like
-    ``socket.create_connection``, a connection refused at one of the name's
-    addresses tries the next (a name that resolves to ``::1`` first, while
-    the server listens on IPv4 only). With ``secure``, each connection also
-    makes its TLS handshake, with the context that function returns (called
-    on this thread, once the TCP handshakes are under way)."""
+    start, and a handshake needs no thread of its own. Each connection is a
+    :class:`~transcoder.eyeballs.Race` over the name's addresses, as the
+    pools' own connects are: an address that refuses, or has not answered
+    within the attempt delay, gives way to the next. With ``secure``, each
+    connection also makes its TLS handshake, with the context that function
+    returns (called on this thread, once the TCP handshakes are under way)."""
 
     def __init__(self, key: _Key, pending: list[_Pending], secure: Callable[[], ssl.SSLContext] | None) -> None:
         self._key, self._pending, self._secure = key, pending, secure
         self._context: ssl.SSLContext | None = None
         self._selector = selectors.DefaultSelector()
-        self._addresses: list[tuple[Any, ...]] = []
+        self._races: dict[_Pending, Race] = {}
 
     def run(self) -> None:
         try:
             with contextlib.suppress(OSError):  # else the pool looks the name up itself, and reports what fails
-                self._addresses = socket.getaddrinfo(*self._key, type=socket.SOCK_STREAM)
+                addresses = socket.getaddrinfo(*self._key, type=socket.SOCK_STREAM)
+                self._races = {p: Race(addresses) for p in self._pending}
             with self._selector:
-                for p in self._pending:
-                    self._begin(p, 0)
                 self._loop()
         finally:
+            for race in self._races.values():
+                race.close()
             for p in self._pending:  # whatever went wrong here, no taker waits for it
                 p.finish(None)
 
-    def _begin(self, pending: _Pending, first: int) -> None:
-        """Start ``pending``'s connect at the first address from ``first`` on that takes it."""
-        for index in range(first, len(self._addresses)):
-            family, kind, proto, _, address = self._addresses[index]
-            sock = _start(family, kind, proto, address)
-            if sock is not None:
-                self._selector.register(sock, selectors.EVENT_WRITE, (pending, index))
-                return
-        pending.finish(None)
+    def _advance(self, now: float) -> None:
+        """Start the attempts that are due; a connection whose every address failed is done."""
+        for pending, race in list(self._races.items()):
+            for sock in race.advance(now):
+                self._selector.register(sock, selectors.EVENT_WRITE, pending)
+            if race.lost:
+                del self._races[pending]
+                pending.finish(None)
 
     def _loop(self) -> None:
         deadline = time.monotonic() + CONNECT_TIMEOUT
-        while self._selector.get_map() and (left := deadline - time.monotonic()) > 0:
-            for ready, _ in self._selector.select(left):
-                self._selector.unregister(ready.fileobj)
-                self._step(ready.fileobj, *ready.data)  # type: ignore[arg-type]
-        for left_over in list(self._selector.get_map().values()):  # not connected in time
-            left_over.fileobj.close()  # type: ignore[union-attr]
-            left_over.data[0].finish(None)
-
-    def _step(self, sock: socket.socket, pending: _Pending, index: int) -> None:
-        """Go on with ``sock`` now that it is ready: it has connected, or its TLS handshake can go on."""
-        if not isinstance(sock, ssl.SSLSocket):
-            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-                sock.close()
-                self._begin(pending, index + 1)
+        while (now := time.monotonic()) < deadline:
+            self._advance(now)
+            if not self._selector.get_map():
                 return
+            wakes = [w for w in (r.wake_at() for r in self._races.values()) if w is not None]
+            for ready, _ in self._selector.select(max(0.0, min([deadline, *wakes]) - now)):
+                self._selector.unregister(ready.fileobj)
+                self._step(ready.fileobj, ready.data)  # type: ignore[arg-type]
+        for left_over in list(self._selector.get_map().values()):  # not connected in time
+            if isinstance(left_over.fileobj, ssl.SSLSocket):  # a race's own sockets close with it
+                left_over.fileobj.close()
+
+    def _step(self, sock: socket.socket, pending: _Pending) -> None:
+        """Go on with ``sock`` now that it is ready: an attempt has connected
+        or failed, or its TLS handshake can go on."""
+        if not isinstance(sock, ssl.SSLSocket):
+            if self._races[pending].ready(sock) is None:
+                return  # failed: the race's next attempt starts in the loop, or the race is lost
+            del self._races[pending]
             if self._secure is None:
                 sock.setblocking(True)
                 pending.finish(sock)
@@ -151,9 +155,9 @@ class _Connector:
         try:
             sock.do_handshake()
         except ssl.SSLWantReadError:
-            self._selector.register(sock, selectors.EVENT_READ, (pending, index))
+            self._selector.register(sock, selectors.EVENT_READ, pending)
         except ssl.SSLWantWriteError:
-            self._selector.register(sock, selectors.EVENT_WRITE, (pending, index))
+            self._selector.register(sock, selectors.EVENT_WRITE, pending)
         except (OSError, ValueError):  # not TLS, or not trusted: the pool's own attempt reports it
             sock.close()
             pending.finish(None)
@@ -167,16 +171,6 @@ class _Connector:
             self._context = self._secure()
             self._context.set_alpn_protocols(["http/1.1"])  # what httpcore sets before its own handshake
         return self._context.wrap_socket(sock, server_hostname=self._key[0], do_handshake_on_connect=False)
-
-
-def _start(family: int, kind: int, proto: int, address: Any) -> socket.socket | None:
-    """A socket whose non-blocking connect has started, else None."""
-    sock = socket.socket(family, kind, proto)
-    sock.setblocking(False)
-    if sock.connect_ex(address) in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-        return sock
-    sock.close()
-    return None
 
 
 def _quiet(sock: socket.socket) -> bool:
