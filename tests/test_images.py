@@ -101,7 +101,7 @@ def test_the_platforms_of_an_index_are_read_at_once(tmp_path: Path) -> None:
     not a clock), and the plan keeps the index's order."""
     import threading
 
-    from transcoder.images.convert import plan
+    from transcoder.images.plan import plan
     from transcoder.images.source import open_source
 
     src = write_layout(tmp_path / "src", {"multi": {"amd64": [TARS[0]], "arm64": [TARS[1]], "s390x": [TARS[2]]}})
@@ -332,7 +332,7 @@ def test_layer_admission_runs_big_layers_alone_and_small_ones_together() -> None
 
     from transcoder.codecs.constants import FRAME_SIZE
     from transcoder.descriptor import OCI_LAYER_GZIP, Descriptor
-    from transcoder.images.convert import _Admission, _weight
+    from transcoder.images.schedule import Admission, weight
 
     def layer(i: int, size: int) -> Descriptor:
         return Descriptor(OCI_LAYER_GZIP, Digest.of(bytes([i])), size)
@@ -340,8 +340,8 @@ def test_layer_admission_runs_big_layers_alone_and_small_ones_together() -> None
     workers, jobs = 2, 2
     big, small = workers * FRAME_SIZE, workers * FRAME_SIZE - 1
     plan = [layer(0, small), layer(1, small), layer(2, big), layer(3, small), layer(4, big), layer(5, small), layer(6, small)]
-    assert [_weight(x, workers, jobs) for x in plan] == [1, 1, 2, 1, 2, 1, 1]
-    admission = _Admission(jobs)
+    assert [weight(x, workers, jobs) for x in plan] == [1, 1, 2, 1, 2, 1, 1]
+    admission = Admission(jobs)
     running: set[int] = set()
     eased: set[int] = set()
     seen_at_start: list[tuple[int, frozenset[int], frozenset[int]]] = []
@@ -363,7 +363,7 @@ def test_layer_admission_runs_big_layers_alone_and_small_ones_together() -> None
         return i
 
     with ThreadPoolExecutor(jobs) as pool:
-        results = [pool.submit(admission.run, i, _weight(x, workers, jobs), work, x) for i, x in enumerate(plan)]
+        results = [pool.submit(admission.run, i, weight(x, workers, jobs), work, x) for i, x in enumerate(plan)]
         assert [f.result() for f in results] == list(range(len(plan)))
     assert [i for i, _, _ in seen_at_start] == list(range(len(plan)))
     for i, others, eased_then in seen_at_start:
@@ -382,10 +382,10 @@ def test_layer_admission_starts_a_big_layer_during_the_tail_of_another() -> None
 
     from transcoder.codecs.constants import FRAME_SIZE
     from transcoder.descriptor import OCI_LAYER_GZIP, Descriptor
-    from transcoder.images.convert import _Admission, _weight
+    from transcoder.images.schedule import Admission, weight
 
     big = [Descriptor(OCI_LAYER_GZIP, Digest.of(bytes([i])), 2 * FRAME_SIZE) for i in range(2)]
-    admission = _Admission(2)
+    admission = Admission(2)
     in_tail = threading.Event()
     started_during_tail: list[bool] = []
 
@@ -399,7 +399,7 @@ def test_layer_admission_starts_a_big_layer_during_the_tail_of_another() -> None
         return big.index(x)
 
     with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(admission.run, i, _weight(x, 2, 2), work, x) for i, x in enumerate(big)]
+        futures = [pool.submit(admission.run, i, weight(x, 2, 2), work, x) for i, x in enumerate(big)]
         assert [f.result(timeout=10) for f in futures] == [0, 1]
     assert started_during_tail == [False, True]
 
@@ -413,18 +413,18 @@ def test_layer_admission_lets_small_layers_wait_on_round_trips_but_bounds_big_on
 
     from transcoder.codecs.constants import FRAME_SIZE
     from transcoder.descriptor import OCI_LAYER_GZIP, Descriptor
-    from transcoder.images.convert import _Admission, _big, _weight
+    from transcoder.images.schedule import Admission, is_big, weight
 
     small = [Descriptor(OCI_LAYER_GZIP, Digest.of(bytes([i])), 1000) for i in range(4)]
     big = [Descriptor(OCI_LAYER_GZIP, Digest.of(bytes([10 + i])), 2 * FRAME_SIZE) for i in range(4)]
-    admission = _Admission(2)
+    admission = Admission(2)
     lock = threading.Lock()
     in_flight: dict[bool, int] = {False: 0, True: 0}
     most: dict[bool, int] = {False: 0, True: 0}
     all_small = threading.Barrier(4, timeout=10)  # every small layer in its tail at once
 
     def work(x: Descriptor) -> int:
-        kind = _big(x, 2)
+        kind = is_big(x, 2)
         with lock:
             in_flight[kind] += 1
             most[kind] = max(most[kind], in_flight[kind])
@@ -439,7 +439,7 @@ def test_layer_admission_lets_small_layers_wait_on_round_trips_but_bounds_big_on
 
     plan = small + big
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(admission.run, i, _weight(x, 2, 2), work, x, big=_big(x, 2))
+        futures = [pool.submit(admission.run, i, weight(x, 2, 2), work, x, big=is_big(x, 2))
                    for i, x in enumerate(plan)]
         assert [f.result(timeout=20) for f in futures] == [0] * len(plan)
     assert most == {False: 4, True: 2}
@@ -694,7 +694,7 @@ def test_reused_layers_are_finished_at_once_beside_a_transcode(tmp_path: Path) -
 
 
 def _layers(layout: Path, ref: str) -> list[Any]:
-    from transcoder.images.convert import plan
+    from transcoder.images.plan import plan
     from transcoder.images.source import open_source
 
     return [x for m in plan(open_source(f"oci:{layout}:{ref}"), None).manifests for x in m.manifest.layers]

@@ -25,8 +25,9 @@ from transcoder.codecs import ZstdParams
 from transcoder.descriptor import ANNOTATION_ZSTD, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST, Descriptor
 from transcoder.digest import Digest
 from transcoder.errors import AuthError, DigestMismatch, NotFound, SinkError, SizeMismatch, TransientError
-from transcoder.images.convert import ConvertOptions, convert_image, plan
+from transcoder.images.convert import ConvertOptions, convert_image
 from transcoder.images.layers import NEAR_END
+from transcoder.images.plan import plan
 from transcoder.images.source import open_source
 from transcoder.records import ImageRecord, VariantRecord
 from transcoder.registry.auth import Credentials

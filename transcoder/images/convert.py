@@ -12,72 +12,26 @@ that ``gc`` removes).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..codecs import ZstdParams
-from ..codecs.constants import FRAME_SIZE
-from ..codecs.framepool import EncoderThreads
-from ..descriptor import (
-    ANNOTATION_REF_NAME,
-    ANNOTATION_ZSTD,
-    INDEX_TYPES,
-    MAX_MANIFEST_BYTES,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    Descriptor,
-    platform_string,
-    read_checked,
-)
+from ..descriptor import ANNOTATION_ZSTD, OCI_INDEX, OCI_MANIFEST, Descriptor, platform_string
 from ..digest import Digest
 from ..errors import ManifestError, SinkError, UsageError
 from ..parallel import Parallel, each
 from ..records import ImageRecord
 from ..sinks.base import LookupWarmer, RecordStager, Sink, StatAhead, put_bytes
-from ..transcode import default_workers
 from ..variants import VariantTable
-from .layers import LayerJob, LayerOutcome, Opened, ProgressFactory, mounted
-from .model import Index, Manifest, build_index, canonical_json, matches_platform, oci_config_type, parse, platform_of_config
+from .layers import LayerJob, LayerOutcome, ProgressFactory, mounted
+from .model import build_index, canonical_json, oci_config_type
+from .plan import LIGHT_THREADS, Plan, Platformed, plan, start_plan
+from .schedule import run_layers
 from .source import ImageSource
 
-MAX_DEPTH = 4
 RECORD_WRITERS = 8  # variant records written to the sink at once
-LIGHT_THREADS = 8  # variant lookups, and layers reused or carried, at once
-# Layers to transcode beyond --jobs that may be in flight, each past the end of
-# its source (its last frames, its upload, the registry's check): on a long
-# link a small layer spends most of its time there, waiting on round trips.
-TAIL_THREADS = 4
-NAME_ANNOTATIONS = frozenset({ANNOTATION_REF_NAME, "io.containerd.image.name"})
-
-
-@dataclass
-class Platformed:
-    """A manifest with its platform and its config bytes, all verified (in a
-    plan from :func:`start_plan`, once :meth:`Plan.configs` has returned)."""
-
-    desc: Descriptor
-    manifest: Manifest
-    raw: bytes
-    config: bytes | None  # None while it is being read
-
-
-@dataclass
-class Plan:
-    root: Descriptor
-    tag: str | None
-    index: Index | None
-    manifests: list[Platformed] = field(default_factory=list)
-    reads: Parallel[Platformed, None] | None = field(default=None, repr=False)  # configs being read
-
-    def configs(self) -> None:
-        """Wait until every manifest's config is read and verified, and its
-        platform known; raise the first failure, in plan order (thread-safe)."""
-        if self.reads is not None:
-            self.reads.join()
 
 
 @dataclass
@@ -106,78 +60,6 @@ class ImageResult:
             "bytes_after": after,
             "seconds": round(self.seconds, 6),
         }
-
-
-def read_blob_verified(source: ImageSource, desc: Descriptor, what: str) -> bytes:
-    if desc.size > MAX_MANIFEST_BYTES:  # before opening: a hostile size never costs a read
-        raise ManifestError(f"{what}: {desc.size} bytes is over the {MAX_MANIFEST_BYTES} byte limit")
-    with source.open_blob(desc) as f:
-        return read_checked(f, desc, what)
-
-
-def plan(source: ImageSource, platforms: list[str] | None) -> Plan:
-    """The image's manifests that match ``platforms``, with their configs."""
-    result = start_plan(source, platforms)
-    result.configs()
-    return result
-
-
-def start_plan(source: ImageSource, platforms: list[str] | None) -> Plan:
-    """:func:`plan`, returning once the manifests are read: the configs that
-    need not be read to choose the platforms are still on their way
-    (:meth:`Plan.configs` waits for them). On a long link the layers' first
-    round trips (their blobs, their uploads) then overlap a config's instead
-    of following it; nothing is written until the configs are verified."""
-    root, tag = source.resolve()
-    # Name annotations belong to the store's index.json, not to our documents.
-    root = root.replace(annotations={k: v for k, v in root.annotations.items() if k not in NAME_ANNOTATIONS})
-    result = Plan(root, tag, None)
-    result.manifests = _visit(source, root, result, platforms, set(), 0)
-    if not result.manifests:
-        raise ManifestError(f"{source.name}: no manifest matches platform {platforms}")
-    pending = [m for m in result.manifests if m.config is None]
-    result.reads = Parallel(lambda m: _read_config(source, m), pending, LIGHT_THREADS, "config-read")
-    return result
-
-
-def _read_config(source: ImageSource, m: Platformed) -> None:
-    """Fill in ``m``'s config, and its platform from it when the index gave none."""
-    what = f"{source.name}: config {m.manifest.config.digest}"
-    m.config = read_blob_verified(source, m.manifest.config, what)
-    if m.desc.platform is None:
-        m.desc = m.desc.replace(platform=platform_of_config(m.config, what) or None)
-
-
-def _visit(source: ImageSource, desc: Descriptor, out: Plan, platforms: list[str] | None, seen: set[Digest],
-           depth: int) -> list[Platformed]:
-    """The manifests under ``desc`` that match ``platforms``, in index order.
-    The root index's children are read at once: each is a manifest and a
-    config to fetch, round trips that need not wait for each other (a
-    multi-platform image has a dozen)."""
-    if desc.digest in seen or depth > MAX_DEPTH:
-        raise ManifestError(f"{source.name}: index {desc.digest} refers to itself (or nests too deep)")
-    seen = seen | {desc.digest}
-    raw = source.get_manifest(desc)
-    doc = parse(raw, desc, source.name)
-    if isinstance(doc, Index):
-        if depth == 0:
-            out.index = doc
-        children = [c for c in doc.manifests
-                    if c.media_type in INDEX_TYPES or matches_platform(c.platform, platforms) or c.platform is None]
-
-        def visit(child: Descriptor) -> list[Platformed]:
-            return _visit(source, child, out, platforms, seen, depth + 1)
-
-        # Nested indexes are read in turn, so the threads stay bounded.
-        found = each(visit, children, LIGHT_THREADS, "manifest") if depth == 0 else [visit(c) for c in children]
-        return [m for ms in found for m in ms]
-    if desc.platform or not platforms:  # the config is not needed to choose: read later (start_plan)
-        return [Platformed(desc, doc, raw, None)] if matches_platform(desc.platform, platforms) else []
-    config = read_blob_verified(source, doc.config, f"{source.name}: config {doc.config.digest}")
-    platform = platform_of_config(config, f"{source.name}: config {doc.config.digest}")
-    if not matches_platform(platform, platforms):
-        return []
-    return [Platformed(desc.replace(platform=platform or None), doc, raw, config)]
 
 
 @dataclass
@@ -217,7 +99,7 @@ def convert_image(source: ImageSource, sink: Sink, opts: ConvertOptions | None =
             sink.stat_ahead(m.manifest.config.digest)
     configs = _put_configs(source, sink, p)
     try:
-        outcomes = _run_layers(job, p, opts.jobs, early)
+        outcomes = run_layers(job, p, opts.jobs, early.known if early else None)
         configs.join()
         root = _write_outputs(job, p, outcomes, opts.mode, name, early)
     except BaseException:
@@ -340,162 +222,6 @@ def _check_layers_present(source: ImageSource, p: Plan) -> None:
                 raise ManifestError(f"{source.name}: layer {layer.digest} is missing")
             if size != layer.size:
                 raise ManifestError(f"{source.name}: layer {layer.digest} is {size} bytes, descriptor says {layer.size}")
-
-
-def _run_layers(job: LayerJob, p: Plan, jobs: int, early: _EarlyImage | None = None) -> dict[Digest, LayerOutcome]:
-    """Every unique layer, each run to its end; then the first failure in plan
-    order is raised.
-
-    Lookups and the layers that need no transcode (reused, carried) cost round
-    trips, not CPU, so they run all at once: an unchanged rerun of a
-    many-layer image waits for one lookup, not one per layer in turn. Layers
-    to transcode go through the admission below, beside them."""
-    layers = list({x.digest: x for m in p.manifests for x in m.manifest.layers}.values())
-    found = each(job.lookup, layers, LIGHT_THREADS, "lookup")
-    heavy = [i for i, x in enumerate(layers) if job.needs_transcode(x, found[i])]
-    light = sorted(set(range(len(layers))) - set(heavy))
-    if early is not None:
-        for i in light:  # what finish() will give: the variant found, or the layer carried as it is
-            rec = found[i]
-            early.known(layers[i], rec.target if rec is not None else layers[i])
-    # Layers in flight share one group of compressing threads (each layer's
-    # decode thread is one more), so cores are not oversubscribed while
-    # several run and the last layer alone still gets them all.
-    workers = job.workers or default_workers()
-    with EncoderThreads(max(0, workers - 1) if heavy else 0) as threads:
-
-        def finish(i: int) -> LayerOutcome:
-            p.configs()
-            return job.finish(layers[i], found[i])
-
-        light_runs = Parallel(finish, light, LIGHT_THREADS, "layer-light")
-        transcodes = _Transcodes(dataclasses.replace(job, threads=threads), p, [layers[i] for i in heavy], workers,
-                                 jobs)
-        heavy_runs = Parallel(transcodes.run, list(range(len(heavy))), max(1, jobs) + TAIL_THREADS, "layer")
-        settled = dict(zip(light, light_runs.outcomes(), strict=True))
-        settled.update(zip(heavy, heavy_runs.outcomes(), strict=True))
-    done: dict[Digest, LayerOutcome] = {}
-    for i, x in enumerate(layers):
-        outcome, error = settled[i]
-        if error is not None:
-            raise error
-        assert outcome is not None  # a call without an error returned one
-        done[x.digest] = outcome
-    return done
-
-
-class _Transcodes:
-    """The layers to transcode, in plan order, each through the admission.
-
-    Every layer opens its blob (and its output's upload) before its turn, so
-    on a long link those round trips overlap the wait instead of following
-    it. The wait must stay short (a stream left idle for long is cut by load
-    balancers, and a presigned URL expires): a small layer with no big one
-    before it opens at once, since the layers before it are small too; any
-    other once the layer before it is near the end of its source
-    (``LayerJob.source_near``) or has ended."""
-
-    def __init__(self, job: LayerJob, p: Plan, layers: list[Descriptor], workers: int, jobs: int) -> None:
-        self._plan = p
-        self._layers = layers
-        self._workers = workers
-        self._jobs = jobs
-        self._admission = _Admission(max(1, jobs))
-        self._near = {x.digest: threading.Event() for x in layers}
-        self._first_big = next((pos for pos, x in enumerate(layers) if _big(x, workers)), len(layers))
-        self._job = dataclasses.replace(job, source_read=self._admission.ease,
-                                        source_near=lambda d: self._near[d.digest].set())
-
-    def run(self, position: int) -> LayerOutcome:
-        """The layer at ``position``, opened ahead, then transcoded in its turn."""
-        try:
-            return self._run(position, self._layers[position])
-        finally:
-            self._near[self._layers[position].digest].set()  # at the latest: the next layer never waits forever
-
-    def _run(self, position: int, x: Descriptor) -> LayerOutcome:
-        if position >= self._first_big and position > 0:
-            self._near[self._layers[position - 1].digest].wait()
-        opened: Opened | Exception
-        taken = False
-        try:
-            opened = self._job.open(x)
-        except Exception as exc:  # raised in the layer's turn, which the layers after it wait for
-            opened = exc
-
-        def work(d: Descriptor) -> LayerOutcome:
-            nonlocal taken
-            if isinstance(opened, Exception):
-                raise opened
-            self._plan.configs()  # nothing is written for an image whose config is bad
-            taken = True  # convert owns what was opened from here on
-            return self._job.convert(d, opened)
-
-        try:
-            return self._admission.run(position, _weight(x, self._workers, self._jobs), work, x,
-                                       big=_big(x, self._workers))
-        except BaseException:
-            if not taken and not isinstance(opened, Exception):
-                opened.close()  # the layer never got to it
-            raise
-
-
-def _weight(layer: Descriptor, workers: int, jobs: int) -> int:
-    """Slots a layer takes: all of them when it has enough frames to keep every
-    core busy by itself (two big layers at once only make five threads share
-    two cores: measured 3.22 -> 3.17 s, 3 % less CPU, on the three-layer
-    corpus image), one when it is small (many small layers overlap their
-    serial parts: a one-frame layer decodes, then compresses)."""
-    return jobs if _big(layer, workers) else 1
-
-
-def _big(layer: Descriptor, workers: int) -> bool:
-    """Enough frames to keep every core busy: such a layer's tail holds frames too."""
-    return layer.size >= workers * FRAME_SIZE
-
-
-class _Admission:
-    """Layers start in plan order, each once its weight in slots is free. A
-    layer whose source has been read to the end (``ease``) gives its slots
-    back: what it has left (its last frames, the commit, for a registry the
-    wait while the registry checks the upload) leaves cores idle, so the next
-    layer, big or small, starts decoding meanwhile. Its frames queue behind
-    the tail's on the shared compressing threads, so the cores are shared, not
-    oversubscribed. Big layers (see ``_big``) also count until they end, at
-    most ``slots`` at once: their tails hold frames, so memory stays bounded
-    however many small layers the pool lets wait on round trips."""
-
-    def __init__(self, slots: int) -> None:
-        self._free = slots
-        self._big_free = slots  # big layers in flight, tails included, at most as many as slots
-        self._next = 0  # the plan position admitted next
-        self._cond = threading.Condition()
-        self._held: dict[Digest, int] = {}  # slots each running, uneased layer holds
-
-    def run(self, position: int, weight: int, work: Callable[[Descriptor], LayerOutcome], layer: Descriptor,
-            big: bool = False) -> LayerOutcome:
-        with self._cond:
-            self._cond.wait_for(lambda: self._next == position and self._free >= weight
-                                and (not big or self._big_free > 0))
-            self._next += 1
-            self._free -= weight
-            self._big_free -= big
-            self._held[layer.digest] = weight
-            self._cond.notify_all()
-        try:
-            return work(layer)
-        finally:
-            self.ease(layer)
-            if big:
-                with self._cond:
-                    self._big_free += 1
-                    self._cond.notify_all()
-
-    def ease(self, layer: Descriptor) -> None:
-        """``layer`` (running) frees its slots; a second call does nothing."""
-        with self._cond:
-            self._free += self._held.pop(layer.digest, 0)
-            self._cond.notify_all()
 
 
 def _zstd_manifest(m: Platformed, targets: dict[Digest, Descriptor]) -> tuple[bytes, bool]:

@@ -101,7 +101,7 @@ class LayerJob:
     workers: int | None
     max_size: int | None
     progress: ProgressFactory | None = None
-    # Compressing threads shared by the layers in flight (see _run_layers).
+    # Compressing threads shared by the layers in flight (see schedule.run_layers).
     threads: EncoderThreads | None = None
     # Told once a transcoded layer's source has been read to its end: what is
     # left (the last frames, the commit) no longer needs every core.
@@ -112,7 +112,7 @@ class LayerJob:
     # Told a transcoded layer's output once it is verified, before its commit.
     target_known: Callable[[Descriptor, Descriptor], None] | None = None
 
-    # One layer's job, in the steps convert._run_layers spreads over threads:
+    # One layer's job, in the steps schedule.run_layers spreads over threads:
     # lookup, then convert when needs_transcode, else finish.
 
     @staticmethod
