@@ -55,6 +55,10 @@ class Counting(ThreadingHTTPServer):
             self.changed.notify_all()
         return sock, address
 
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()  # the serving thread ends, then the socket closes
+        self.server_close()
+
     def wait_accepted(self, count: int) -> None:
         with self.changed:
             assert self.changed.wait_for(lambda: len(self.accepted) >= count, WAIT), self.accepted

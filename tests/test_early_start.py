@@ -33,10 +33,8 @@ from transcoder.sinks.registry import RegistrySink
 
 @pytest.fixture
 def server() -> Iterator[Counting]:
-    s = Counting()
-    yield s
-    s.shutdown()
-    s.server_close()
+    with Counting() as s:
+        yield s
 
 
 def test_a_client_takes_the_connections_opened_ahead(server: Counting) -> None:
@@ -132,10 +130,8 @@ def tls_server(cert: tuple[Path, Path]) -> Iterator[Counting]:
     """The counting server behind TLS: a connection counts once its handshake is made."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(*cert)
-    s = Counting(context)
-    yield s
-    s.shutdown()
-    s.server_close()
+    with Counting(context) as s:
+        yield s
 
 
 def test_tls_handshakes_made_ahead_are_used_by_a_client_of_the_same_context(

@@ -34,10 +34,8 @@ def v6(port: int) -> tuple[Any, ...]:
 
 @pytest.fixture
 def server() -> Iterator[Counting]:
-    s = Counting()
-    yield s
-    s.shutdown()
-    s.server_close()
+    with Counting() as s:
+        yield s
 
 
 @pytest.fixture
