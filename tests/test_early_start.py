@@ -179,19 +179,19 @@ def test_a_handshake_ahead_that_does_not_end_in_time_fails_the_connect() -> None
             client.get(f"https://127.0.0.1:{port}/")
 
 
-def _endpoints(argv: list[str]) -> list[tuple[str, int, bool]]:
-    """What ``convert ARGV`` opens ahead: (host, port, with TLS), through the command line's own parser."""
+def _endpoints(argv: list[str], counts: bool = False) -> list[tuple[Any, ...]]:
+    """What ``convert ARGV`` opens ahead: (host, port, with TLS[, how many]), through the command line's own parser."""
     from transcoder.cli import build_parser
     from transcoder.cli.convert import _endpoints as endpoints
 
-    return [tuple(e) for e in endpoints(build_parser("convert").parse_args(["convert", *argv]))]  # type: ignore[misc]
+    return [tuple(e) if counts else tuple(e)[:3] for e in endpoints(build_parser("convert").parse_args(["convert", *argv]))]
 
 
 def test_tls_is_made_ahead_only_where_it_is_certain(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _endpoints(["docker://ghcr.io/a/b:1", "--to", "type=registry,ref=127.0.0.1:5000/x"]) == [
         ("ghcr.io", 443, True), ("127.0.0.1", 5000, False)]
     assert _endpoints(["docker://alpine", "--to", "type=registry,ref=reg.example:5000/x,insecure=true"]) == [
-        ("registry-1.docker.io", 443, True), ("reg.example", 5000, False)]
+        ("registry-1.docker.io", 443, True), ("auth.docker.io", 443, True), ("reg.example", 5000, False)]
     assert _endpoints(["docker://ghcr.io/a/b:1", "--src-tls-verify=false", "--to", "type=local,dest=d"]) == [
         ("ghcr.io", 443, False)]
     assert _endpoints(["docker://bad..host/a", "--to", "type=registry,ref=localhost/x",
@@ -201,6 +201,17 @@ def test_tls_is_made_ahead_only_where_it_is_certain(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("ACTIONS_RESULTS_URL", "https://results.example/")
     assert _endpoints(["oci:img", "--to", "type=gha"]) == [("results.example", 443, True)]
     assert _endpoints(["oci:img", "--to", "type=gha,url_v2=http://127.0.0.1:8080/"]) == [("127.0.0.1", 8080, False)]
+
+
+def test_docker_hubs_token_service_is_opened_ahead_beside_it() -> None:
+    """Every request to Docker Hub, an anonymous pull too, first needs a token
+    from auth.docker.io: two connections go there ahead, with TLS."""
+    assert _endpoints(["docker://docker.io/library/alpine:3", "--to", "type=local,dest=d"], counts=True) == [
+        ("registry-1.docker.io", 443, True, 8), ("auth.docker.io", 443, True, 2)]
+    assert _endpoints(["docker://ghcr.io/a/b:1", "--to", "type=registry,ref=index.docker.io/me/b"], counts=True) == [
+        ("ghcr.io", 443, True, 8), ("registry-1.docker.io", 443, True, 8), ("auth.docker.io", 443, True, 2)]
+    assert _endpoints(["docker://alpine", "--src-tls-verify=false", "--to", "type=local,dest=d"]) == [
+        ("registry-1.docker.io", 443, False)]  # told not to verify: no TLS made ahead, and no token host
 
 
 # -- a registry source's manifest, asked for ahead ---------------------------------------------

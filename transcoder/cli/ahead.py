@@ -22,12 +22,15 @@ from ..errors import UsageError
 # listing, a config, and for each of the first layers (--jobs 2 plus 4 small
 # ones) its blob or its upload session. Sockets not taken close at exit.
 CONNECTIONS_AHEAD = 8
+# To a token service: a token for the source, and one for the destination.
+TOKEN_CONNECTIONS = 2
 
 
 class Endpoint(NamedTuple):
     host: str
     port: int
     secure: bool  # verified TLS and nothing else
+    connections: int = CONNECTIONS_AHEAD
 
 
 def start(endpoints: list[Endpoint]) -> None:
@@ -37,20 +40,25 @@ def start(endpoints: list[Endpoint]) -> None:
     from .. import preconnect, tls
 
     tls.warm()  # the CA bundle loads while the HTTP stack imports
-    for host, port, secure in endpoints:
-        preconnect.open_ahead(host, port, CONNECTIONS_AHEAD, tls.context if secure else None)
+    for host, port, secure, connections in endpoints:
+        preconnect.open_ahead(host, port, connections, tls.context if secure else None)
 
 
 def registry(text: str, insecure: bool) -> list[Endpoint]:
     """A registry reference's endpoint. One on loopback or insecure is probed
-    for TLS first (and may be plain HTTP), so only TCP is opened to it."""
-    from ..registry.reference import is_loopback, parse_reference
+    for TLS first (and may be plain HTTP), so only TCP is opened to it.
+    Docker Hub's token service, which every request there needs first (even
+    an anonymous pull), is known without asking: it is opened too."""
+    from ..registry.reference import DOCKER_HUB_API, DOCKER_HUB_AUTH, is_loopback, parse_reference
 
     try:
         ref = parse_reference(text, default_tag=None)
     except UsageError:
         return []
-    return [Endpoint(*ref.endpoint, not (insecure or is_loopback(ref.api_host)))]
+    found = [Endpoint(*ref.endpoint, not (insecure or is_loopback(ref.api_host)))]
+    if ref.api_host == DOCKER_HUB_API and not insecure:
+        found.append(Endpoint(DOCKER_HUB_AUTH, 443, True, TOKEN_CONNECTIONS))
+    return found
 
 
 def sink(spec: str | None, insecure_flag: bool) -> list[Endpoint]:
@@ -86,4 +94,4 @@ def _actions_cache(opts: dict[str, str]) -> list[Endpoint]:
     return [Endpoint(url.hostname, port, url.scheme == "https")] if url.hostname else []
 
 
-__all__ = ["CONNECTIONS_AHEAD", "Endpoint", "registry", "sink", "start"]
+__all__ = ["CONNECTIONS_AHEAD", "TOKEN_CONNECTIONS", "Endpoint", "registry", "sink", "start"]

@@ -25,6 +25,8 @@ MAX_NAME = 255
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
+# The token service Docker Hub's 401 answers name (realm https://auth.docker.io/token).
+DOCKER_HUB_AUTH = "auth.docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "[::1]"}
 HTTPS_PORT = 443
