@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level 1-19 (default %(default)s)")
     p.add_argument("--zstd", metavar="NAME=N,...", default="",
                    help="libzstd parameters over the level's own, as zstd's --zstd= option names them: wlog, hlog, "
-                   "clog, slog, mml, tlen, strat (e.g. hlog=17,clog=13); part of the variant's identity")
+                   "clog, slog, mml, tlen, strat (e.g. clog=13: see the README); part of the variant's identity")
     p.add_argument("--workers", type=int, default=None,
                    help="threads that compress zstd frames, the decoding one included (default: number of cores)")
     p.add_argument("--expect", metavar="DIGEST", help="refuse the source unless it hashes to this sha256 digest")
