@@ -114,7 +114,6 @@ ZLIB = Codec(
 ZSTD = Codec("zstd", "zstd", "libzstd", range(1, 20), (1, 3, 6, 9, 12, 15, 19), _zstd_compress, _zstd_decode)
 
 
-
 def tuned_zstd(text: str) -> Codec:
     """zstd with ``--zstd`` parameters over each level (as ``convert --zstd``
     takes them): a codec of its own, measured at zstd's levels."""

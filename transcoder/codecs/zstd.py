@@ -56,9 +56,9 @@ Tuning = tuple[tuple[str, int], ...]
 class ZstdParams:
     """Everything that decides the output bytes; the variant's identity.
 
-    ``tuning``: libzstd parameters set over the level's own (``TUNABLES``),
-    as sorted (name, value) pairs; each one left out keeps the level's
-    value. Without any, the identity is the level's alone, as it always was.
+    ``tuning``: libzstd parameters set over the level's own, as (name,
+    value) pairs in ``TUNABLES`` order; each one left out keeps the level's
+    value. Without any, the identity is the level's alone.
     """
 
     level: int = DEFAULT_LEVEL
@@ -89,8 +89,8 @@ class ZstdParams:
         return cls(level=int(obj["level"]), strategy=str(obj["strategy"]), library=str(obj["library"]),
                    tuning=tuple(tuning.items()))
 
-    @classmethod
-    def parse_tuning(cls, text: str) -> Tuning:
+    @staticmethod
+    def parse_tuning(text: str) -> Tuning:
         """``hlog=17,clog=13`` (the zstd command's --zstd= form) as tuning pairs."""
         pairs = []
         for item in filter(None, (part.strip() for part in text.split(","))):
