@@ -49,8 +49,9 @@ class Race:
     """One connection raced over a name's addresses, driven by a selector
     loop: :meth:`advance` starts the attempts that are due (register each
     returned socket for ``EVENT_WRITE``), :meth:`ready` takes one that turned
-    writable, :meth:`wake_at` says when the next attempt is due. Sockets are
-    non-blocking until one wins."""
+    writable, :meth:`wake_at` says when the next attempt is due. Once one
+    has won, the caller unregisters the attempts still ``live`` and calls
+    :meth:`close`. Sockets are non-blocking until one wins."""
 
     def __init__(self, addresses: Iterable[AddrInfo], delay: float = ATTEMPT_DELAY) -> None:
         self._queue = interleave(list(addresses))
@@ -58,6 +59,11 @@ class Race:
         self._live: dict[socket.socket, Any] = {}  # attempts in flight, and where each goes
         self._due = 0.0  # when the next attempt may start while one is live
         self.error: OSError | None = None  # the last attempt's failure
+
+    @property
+    def live(self) -> list[socket.socket]:
+        """The attempts in flight."""
+        return list(self._live)
 
     @property
     def lost(self) -> bool:
@@ -96,8 +102,8 @@ class Race:
         return None
 
     def ready(self, sock: socket.socket) -> socket.socket | None:
-        """``sock`` turned writable: it is the connection (the others are
-        closed), or it failed (closed; the next attempt is due now)."""
+        """``sock`` turned writable: it is the connection, or it failed
+        (closed; the next attempt is due now)."""
         address = self._live.pop(sock)
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
@@ -105,7 +111,6 @@ class Race:
             self.error = OSError(code, f"{os.strerror(code)} ({_spell(address)})")
             self._due = 0.0
             return None
-        self.close()
         return sock
 
     def close(self) -> None:

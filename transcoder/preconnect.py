@@ -132,15 +132,19 @@ class _Connector:
                 self._selector.unregister(ready.fileobj)
                 self._step(ready.fileobj, ready.data)  # type: ignore[arg-type]
         for left_over in list(self._selector.get_map().values()):  # not connected in time
-            if isinstance(left_over.fileobj, ssl.SSLSocket):  # a race's own sockets close with it
-                left_over.fileobj.close()
+            self._selector.unregister(left_over.fileobj)
+            left_over.fileobj.close()  # type: ignore[union-attr]
 
     def _step(self, sock: socket.socket, pending: _Pending) -> None:
         """Go on with ``sock`` now that it is ready: an attempt has connected
         or failed, or its TLS handshake can go on."""
         if not isinstance(sock, ssl.SSLSocket):
-            if self._races[pending].ready(sock) is None:
+            race = self._races[pending]
+            if race.ready(sock) is None:
                 return  # failed: the race's next attempt starts in the loop, or the race is lost
+            for loser in race.live:
+                self._selector.unregister(loser)
+            race.close()
             del self._races[pending]
             if self._secure is None:
                 sock.setblocking(True)
