@@ -94,7 +94,10 @@ class Race:
             self.error = exc
             return None
         sock.setblocking(False)
-        code = sock.connect_ex(address)
+        try:
+            code = sock.connect_ex(address)
+        except OSError as exc:  # an address the family cannot take (a bad scope, say)
+            code = exc.errno or errno.EINVAL
         if code in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             return sock
         sock.close()
