@@ -16,8 +16,8 @@ process timed for wall and CPU (the registry's own CPU is shown apart):
    offers both;
 3. ``ours clog=13``: ``ours replace`` with ``--zstd clog=13``, level 3 with
    dfast's short-match table at 32 KiB instead of 256 KiB: output still no
-   larger than skopeo's (the sizes are printed), for about a tenth less zstd
-   CPU;
+   larger than skopeo's (the sizes are printed), for 6-9 % less zstd CPU
+   (``bench_tuning.py``);
 4. ``skopeo``: ``skopeo copy --dest-compress-format zstd docker://SRC
    docker://DST`` with its blob-info cache removed first (or it pushes the
    gzip blobs it knows instead of zstd; every manifest it writes is checked).
