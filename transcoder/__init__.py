@@ -3,8 +3,9 @@ canonical gzip blob, moved through CI caches and registries."""
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from . import lazy
 
 # The one place the version is written (pyproject.toml reads it from here): a
 # literal, because asking the installed metadata costs the command line's
@@ -14,25 +15,25 @@ __version__ = "0.1.0"
 # Public names and the module each lives in. They are imported on first use
 # (PEP 562), so `transcoder convert blob` does not pay for the HTTP clients.
 _EXPORTS = {
-    "convert_blob": "blobs",
-    "ZstdParams": "codecs",
-    "Descriptor": "descriptor",
-    "Digest": "digest",
-    "TranscoderError": "errors",
-    "ConvertOptions": "images.convert",
-    "ImageResult": "images.convert",
-    "convert_image": "images.convert",
-    "restore": "images.restore",
-    "open_source": "images.source",
-    "ImageRecord": "records",
-    "VariantRecord": "records",
-    "open_sink": "sinks",
-    "TranscodeResult": "transcode",
-    "transcode_stream": "transcode",
-    "VariantTable": "variants",
-    "BlobWriter": "writers",
-    "FileWriter": "writers",
-    "NullWriter": "writers",
+    "convert_blob": ".blobs",
+    "ZstdParams": ".codecs",
+    "Descriptor": ".descriptor",
+    "Digest": ".digest",
+    "TranscoderError": ".errors",
+    "ConvertOptions": ".images.convert",
+    "ImageResult": ".images.convert",
+    "convert_image": ".images.convert",
+    "restore": ".images.restore",
+    "open_source": ".images.source",
+    "ImageRecord": ".records",
+    "VariantRecord": ".records",
+    "open_sink": ".sinks",
+    "TranscodeResult": ".transcode",
+    "transcode_stream": ".transcode",
+    "VariantTable": ".variants",
+    "BlobWriter": ".writers",
+    "FileWriter": ".writers",
+    "NullWriter": ".writers",
 }
 
 if TYPE_CHECKING:
@@ -51,14 +52,8 @@ if TYPE_CHECKING:
     from .writers import BlobWriter, FileWriter, NullWriter
 
 
-
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
+    return lazy.attribute(__name__, _EXPORTS, name)
 
 
 def __dir__() -> list[str]:

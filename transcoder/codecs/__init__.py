@@ -6,24 +6,20 @@ gzip source can start before it is loaded (``transcoder.decode``).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from .. import lazy
 from .detect import Format, detect
 from .gzip import GzipDecoder, iter_gzip
 
 if TYPE_CHECKING:
     from .zstd import ZstdParams, iter_zstd, libzstd_version
 
-_LAZY = ("ZstdParams", "iter_zstd", "libzstd_version")
+_LAZY = {"ZstdParams": ".zstd", "iter_zstd": ".zstd", "libzstd_version": ".zstd"}
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(".zstd", __name__), name)
-    globals()[name] = value
-    return value
+    return lazy.attribute(__name__, _LAZY, name)
 
 
 __all__ = ["Format", "GzipDecoder", "ZstdParams", "detect", "iter_gzip", "iter_zstd", "libzstd_version"]

@@ -7,8 +7,9 @@ stack (the command line finds the service's address before it loads).
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from .. import lazy
 
 _HOME = {
     "Secret": "..redact", "redact_url": "..redact", "scrub": "..redact",
@@ -19,9 +20,7 @@ _HOME = {
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOME[name], __name__), name)
+    return lazy.attribute(__name__, _HOME, name)
 
 
 __all__ = [
