@@ -21,6 +21,7 @@ from isal import isal_zlib
 
 from ..codecs import ZstdParams
 from ..codecs.framepool import compress_frames
+from ..codecs.zstd import spell_tuning
 from ..errors import UsageError
 
 OUT_PIECE = 1 << 20
@@ -120,7 +121,7 @@ def tuned_zstd(text: str) -> Codec:
     tuning = ZstdParams.parse_tuning(text)
     if not tuning:
         raise UsageError(f"--zstd {text!r}: no parameters given (e.g. clog=13)")
-    spelled = ",".join(f"{name}={value}" for name, value in tuning)
+    spelled = spell_tuning(tuning)
 
     def compress(data: bytes, level: int, workers: int) -> bytes:
         return compress_frames(data, ZstdParams(level, tuning=tuning), workers)

@@ -109,8 +109,7 @@ class ZstdParams:
     @property
     def label(self) -> str:
         """``zstd-3``, or ``zstd-3 hlog=17,clog=13`` with tuning."""
-        extra = ",".join(f"{n}={v}" for n, v in self.tuning)
-        return f"zstd-{self.level}" + (f" {extra}" if extra else "")
+        return f"zstd-{self.level}" + (f" {spell_tuning(self.tuning)}" if self.tuning else "")
 
     @property
     def producible(self) -> bool:
@@ -126,6 +125,11 @@ class ZstdParams:
         chosen = {TUNABLES[name][0]: value for name, value in self.tuning}
         return zstandard.ZstdCompressor(
             compression_params=zstandard.ZstdCompressionParameters(compression_level=self.level, **chosen))
+
+
+def spell_tuning(tuning: Tuning) -> str:
+    """Tuning pairs as ``--zstd`` takes them: ``hlog=17,clog=13``."""
+    return ",".join(f"{name}={value}" for name, value in tuning)
 
 
 def _checked_tuning(tuning: Tuning) -> Tuning:
