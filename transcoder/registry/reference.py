@@ -51,8 +51,17 @@ def check_host(host: str) -> str:
     return host
 
 
+def split_port(host: str) -> tuple[str, int | None]:
+    """``host[:port]`` as its name and port (None when it names none); a
+    bracketed IPv6 literal stays whole."""
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and not host.endswith("]"):
+        return name, int(port)
+    return host, None
+
+
 def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = split_port(host)[0]
     return name in LOOPBACK_HOSTS or name.startswith("127.")
 
 
@@ -72,10 +81,8 @@ class Reference:
     @property
     def endpoint(self) -> tuple[str, int]:
         """Where the first connection goes: ``api_host`` and its port, else HTTPS's."""
-        name, colon, port = self.api_host.rpartition(":")
-        if colon and port.isdigit() and not self.api_host.endswith("]"):
-            return name, int(port)
-        return self.api_host, HTTPS_PORT
+        name, port = split_port(self.api_host)
+        return name, HTTPS_PORT if port is None else port
 
     @property
     def name(self) -> str:
