@@ -47,6 +47,12 @@ request had not) and shutdown (its last answer was sent, the process had not
 ended); the floor with transfers plus ours is what a run that starts and ends
 as ours does, with both cores busy in between, would take.
 
+Last, the runtime's own start and exit: the interpreter ``transcoder`` runs
+on, importing httpx (the HTTP library the product is built on) and nothing
+else, timed as a whole process. The floor with transfers plus that is the
+least any Python program on httpx could take: skopeo's wall over it is the
+best ratio such a program could show in that repetition.
+
 The ``transcoder`` timed is this checkout pip-installed into a virtual
 environment of its own (benchmarks/installed.py), as a user runs it;
 ``--cli here`` times the checkout in place instead.
@@ -57,6 +63,7 @@ Run from the repository: ``python benchmarks/bench_registry.py [--reps 3]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -362,8 +369,11 @@ def measure(cli: str, registry: Registry, work: Path, reps: int, tars: list[dict
     order = list(runs)
     stage: list[float] = []  # per repetition: the layers' stage work on one thread
     wire: list[tuple[float, float]] = []  # per repetition: (client, registry) CPU of the transfers alone
+    runtime: list[float] = []  # per repetition: the interpreter's start and exit with httpx imported
+    python = interpreter_of(cli)
     for rep in range(reps):
         stage.append(stage_seconds([Path(str(t["path"])) for t in tars], 3))
+        runtime.append(runtime_seconds(python))
         for name in order[rep % len(order):] + order[: rep % len(order)]:
             print(f"rep {rep + 1}/{reps}: {name} ...", file=sys.stderr, flush=True)
             slug = re.sub(r"[^a-z0-9]+", "-", name)  # a repository name: ours-clog-13
@@ -378,7 +388,29 @@ def measure(cli: str, registry: Registry, work: Path, reps: int, tars: list[dict
         outputs = [o["target"]["digest"] for o in runs["ours replace"][-1].report["layers"]]
         wire.append(wire_cost(registry, "corpus/src", [str(t["digest"]) for t in tars], outputs,
                               f"bench/r{rep}-ours-replace", f"bench/r{rep}-wire"))
-    return {"runs": runs, "stage": stage, "wire": wire}
+    return {"runs": runs, "stage": stage, "wire": wire, "runtime": runtime}
+
+
+def interpreter_of(cli: str) -> str:
+    """The interpreter a console script runs on: its ``#!`` line's (else this one)."""
+    path = shutil.which(cli) or cli
+    with contextlib.suppress(OSError, UnicodeDecodeError), open(path, encoding="utf-8") as f:
+        first = f.readline()
+        if first.startswith("#!") and Path(first[2:].strip()).exists():
+            return first[2:].strip()
+    return sys.executable
+
+
+def runtime_seconds(python: str, times: int = 7) -> float:
+    """Median wall of a whole process of ``python`` that imports httpx and ends:
+    what any program on this runtime and HTTP library pays before its first
+    request and after its last answer, together."""
+    walls = []
+    for _ in range(times):
+        began = time.perf_counter()
+        subprocess.run([python, "-c", "import httpx"], check=True)
+        walls.append(time.perf_counter() - began)
+    return statistics.median(walls)
 
 
 def report(results: dict[str, Any], tar_bytes: int, out: Path | None) -> None:
@@ -408,6 +440,7 @@ def report(results: dict[str, Any], tar_bytes: int, out: Path | None) -> None:
     print_floor(results["stage"], runs)
     print_wire_floor(results["stage"], results["wire"], runs)
     print_edges(results["stage"], results["wire"], runs)
+    print_runtime_floor(results["stage"], results["wire"], results["runtime"], runs)
     print("\n| unchanged rerun (ours add) | wall s | layers | requests | by kind | blobs uploaded |")
     print("|---|---|---|---|---|---|")
     for u in results["unchanged"]:
@@ -418,7 +451,7 @@ def report(results: dict[str, Any], tar_bytes: int, out: Path | None) -> None:
         data = {"runs": {k: [{"wall": r.wall, "cpu": r.cpu, "registry_cpu": r.registry_cpu, "lead": r.lead,
                               "trail": r.trail, "zstd_bytes": r.zstd_bytes} for r in v]
                          for k, v in runs.items()},
-                "stage_seconds": results["stage"], "wire_cpu": results["wire"],
+                "stage_seconds": results["stage"], "wire_cpu": results["wire"], "runtime_seconds": results["runtime"],
                 "ratio_replace": ratio, "unchanged": results["unchanged"],
                 "tar_bytes": tar_bytes}
         out.write_text(json.dumps(data, indent=1))
@@ -464,6 +497,20 @@ def print_edges(stage: list[float], wire: list[tuple[float, float]], runs: dict[
           f"that, the best ratio a run starting and ending as ours does could show: median "
           f"{statistics.median(best):.2f}x, range {best[0]:.2f}-{best[-1]:.2f}x; that / ours (replace): median "
           f"{statistics.median(reached):.2f}, range {reached[0]:.2f}-{reached[-1]:.2f}")
+
+
+def print_runtime_floor(stage: list[float], wire: list[tuple[float, float]], runtime: list[float],
+                        runs: dict[str, list[Run]]) -> None:
+    """The floor with transfers plus the runtime's start and exit: the least any
+    Python program on httpx could take, beside skopeo and us."""
+    floors = [f + r for f, r in zip(wire_floors(stage, wire), runtime, strict=True)]
+    best = sorted(k.wall / f for k, f in zip(runs["skopeo"], floors, strict=True))
+    reached = sorted(f / o.wall for f, o in zip(floors, runs["ours replace"], strict=True))
+    print(f"floor with transfers plus the runtime's start and exit (the interpreter importing httpx and nothing "
+          f"else, {statistics.median(runtime):.3f} s): {statistics.median(floors):.2f} s; skopeo / that, the best "
+          f"ratio any Python program on httpx could show: median {statistics.median(best):.2f}x, range "
+          f"{best[0]:.2f}-{best[-1]:.2f}x; that / ours (replace): median {statistics.median(reached):.2f}, range "
+          f"{reached[0]:.2f}-{reached[-1]:.2f}")
 
 
 if __name__ == "__main__":
