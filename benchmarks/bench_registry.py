@@ -491,12 +491,19 @@ def print_edges(stage: list[float], wire: list[tuple[float, float]], runs: dict[
         print(f"| {name} | {statistics.median(leads):.3f} ({leads[0]:.3f}-{leads[-1]:.3f}) | "
               f"{statistics.median(trails):.3f} ({trails[0]:.3f}-{trails[-1]:.3f}) |")
     edged = [f + o.lead + o.trail for f, o in zip(wire_floors(stage, wire), runs["ours replace"], strict=True)]
-    best = sorted(k.wall / e for k, e in zip(runs["skopeo"], edged, strict=True))
-    reached = sorted(e / o.wall for e, o in zip(edged, runs["ours replace"], strict=True))
-    print(f"floor with transfers plus ours' own start-up and shutdown: {statistics.median(edged):.2f} s; skopeo / "
-          f"that, the best ratio a run starting and ending as ours does could show: median "
-          f"{statistics.median(best):.2f}x, range {best[0]:.2f}-{best[-1]:.2f}x; that / ours (replace): median "
-          f"{statistics.median(reached):.2f}, range {reached[0]:.2f}-{reached[-1]:.2f}")
+    print(f"floor with transfers plus ours' own start-up and shutdown: {statistics.median(edged):.2f} s; "
+          + against(edged, runs, "a run starting and ending as ours does"))
+
+
+def against(floors: list[float], runs: dict[str, list[Run]], who: str) -> str:
+    """Per repetition, skopeo's wall over ``floors`` (the best ratio ``who``
+    could show) and ``floors`` over ours (how much of it we reach): medians
+    and ranges."""
+    best = sorted(k.wall / f for k, f in zip(runs["skopeo"], floors, strict=True))
+    reached = sorted(f / o.wall for f, o in zip(floors, runs["ours replace"], strict=True))
+    return (f"skopeo / that, the best ratio {who} could show: median {statistics.median(best):.2f}x, range "
+            f"{best[0]:.2f}-{best[-1]:.2f}x; that / ours (replace): median {statistics.median(reached):.2f}, range "
+            f"{reached[0]:.2f}-{reached[-1]:.2f}")
 
 
 def print_runtime_floor(stage: list[float], wire: list[tuple[float, float]], runtime: list[float],
@@ -504,13 +511,9 @@ def print_runtime_floor(stage: list[float], wire: list[tuple[float, float]], run
     """The floor with transfers plus the runtime's start and exit: the least any
     Python program on httpx could take, beside skopeo and us."""
     floors = [f + r for f, r in zip(wire_floors(stage, wire), runtime, strict=True)]
-    best = sorted(k.wall / f for k, f in zip(runs["skopeo"], floors, strict=True))
-    reached = sorted(f / o.wall for f, o in zip(floors, runs["ours replace"], strict=True))
     print(f"floor with transfers plus the runtime's start and exit (the interpreter importing httpx and nothing "
-          f"else, {statistics.median(runtime):.3f} s): {statistics.median(floors):.2f} s; skopeo / that, the best "
-          f"ratio any Python program on httpx could show: median {statistics.median(best):.2f}x, range "
-          f"{best[0]:.2f}-{best[-1]:.2f}x; that / ours (replace): median {statistics.median(reached):.2f}, range "
-          f"{reached[0]:.2f}-{reached[-1]:.2f}")
+          f"else, {statistics.median(runtime):.3f} s): {statistics.median(floors):.2f} s; "
+          + against(floors, runs, "any Python program on httpx"))
 
 
 if __name__ == "__main__":
