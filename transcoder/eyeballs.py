@@ -145,7 +145,7 @@ def connect(host: str, port: int, timeout: float | None) -> socket.socket:
                     raise race.error or OSError(errno.EHOSTUNREACH, f"{host}: no address to connect to")
                 if deadline is not None and now >= deadline:
                     raise TimeoutError(f"{host}:{port}: not connected within {timeout} s")
-                for key, _ in selector.select(_wait(now, deadline, race.wake_at())):
+                for key, _ in selector.select(seconds_until(now, deadline, race.wake_at())):
                     selector.unregister(key.fileobj)
                     won = race.ready(key.fileobj)  # type: ignore[arg-type]
                     if won is not None:
@@ -155,10 +155,10 @@ def connect(host: str, port: int, timeout: float | None) -> socket.socket:
         race.close()
 
 
-def _wait(now: float, *moments: float | None) -> float | None:
-    """Seconds until the earliest of ``moments`` (None: wait without end)."""
+def seconds_until(now: float, *moments: float | None) -> float | None:
+    """Seconds until the earliest of ``moments`` (None: wait without end), for a selector's timeout."""
     due = [m for m in moments if m is not None]
     return max(0.0, min(due) - now) if due else None
 
 
-__all__ = ["ATTEMPT_DELAY", "Race", "connect", "interleave"]
+__all__ = ["ATTEMPT_DELAY", "Race", "connect", "interleave", "seconds_until"]

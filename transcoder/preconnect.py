@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .eyeballs import Race
+from .eyeballs import Race, seconds_until
 
 # Servers close a connection that sends nothing for a while (tens of seconds
 # in common front ends); a socket older than this is not trusted to be open.
@@ -127,8 +127,8 @@ class _Connector:
             self._advance(now)
             if not self._selector.get_map():
                 return
-            wakes = [w for w in (r.wake_at() for r in self._races.values()) if w is not None]
-            for ready, _ in self._selector.select(max(0.0, min([deadline, *wakes]) - now)):
+            wakes = (r.wake_at() for r in self._races.values())
+            for ready, _ in self._selector.select(seconds_until(now, deadline, *wakes)):
                 self._selector.unregister(ready.fileobj)
                 self._step(ready.fileobj, ready.data)  # type: ignore[arg-type]
         for left_over in list(self._selector.get_map().values()):  # not connected in time
