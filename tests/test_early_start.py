@@ -24,10 +24,11 @@ from tests.imagegen import make_tar, write_layout
 from tests.registry_support import push_one_layer_image, repo_name, self_signed
 from transcoder import preconnect
 from transcoder.cli import main
-from transcoder.errors import NotFound
+from transcoder.errors import NotFound, SinkError
 from transcoder.gha.emulator import Emulator
 from transcoder.httpclient import new_client
 from transcoder.registry.source import RegistrySource
+from transcoder.registry.transport import RegistryHTTP
 from transcoder.sinks.registry import RegistrySink
 
 
@@ -179,12 +180,60 @@ def test_a_handshake_ahead_that_does_not_end_in_time_fails_the_connect() -> None
             client.get(f"https://127.0.0.1:{port}/")
 
 
+# -- whether a server speaks TLS, asked ahead ----------------------------------------------------
+
+def test_a_plain_server_is_found_not_to_speak_tls(server: Counting) -> None:
+    preconnect.probe_ahead("127.0.0.1", server.port)
+    assert preconnect.speaks_tls("127.0.0.1", server.port, WAIT) is False
+    server.wait_accepted(1)  # the probe's own connection: the hello got an HTTP error
+    assert server.served == []
+
+
+def test_a_tls_server_is_found_to_speak_tls_trusted_or_not(tls_server: Counting) -> None:
+    preconnect.probe_ahead("127.0.0.1", tls_server.port)
+    assert preconnect.speaks_tls("127.0.0.1", tls_server.port, WAIT) is True
+
+
+def test_a_probe_is_undecided_when_not_asked_unconnected_or_old(server: Counting, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert preconnect.speaks_tls("127.0.0.1", server.port, WAIT) is None  # never asked: no wait either
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+    preconnect.probe_ahead("127.0.0.1", port)
+    assert preconnect.speaks_tls("127.0.0.1", port, WAIT) is None  # refused: the client asks itself
+    preconnect.probe_ahead("127.0.0.1", server.port)
+    assert preconnect.speaks_tls("127.0.0.1", server.port, WAIT) is False
+    monkeypatch.setattr(preconnect, "MAX_AGE", -1.0)
+    assert preconnect.speaks_tls("127.0.0.1", server.port, WAIT) is None  # another server may listen there now
+
+
+@pytest.mark.peers
+def test_a_registry_probed_ahead_sends_no_probe_of_its_own(registry: Any) -> None:
+    name, port = registry.host.rsplit(":", 1)
+    alone = RegistryHTTP(registry.host)
+    assert alone.base_url == f"http://{registry.host}" and alone.requests == 1  # its own probe: the TLS attempt
+    alone.close()
+    preconnect.probe_ahead(name, int(port))
+    ahead = RegistryHTTP(registry.host)
+    assert ahead.base_url == f"http://{registry.host}" and ahead.requests == 0
+    ahead.close()
+
+
+def test_a_tls_registry_probed_ahead_is_still_verified(tls_server: Counting) -> None:
+    """The probe ahead trusts anything; the client's own probe still checks
+    the certificate, and never falls back to plain HTTP."""
+    preconnect.probe_ahead("127.0.0.1", tls_server.port)
+    client = RegistryHTTP(f"127.0.0.1:{tls_server.port}")
+    with pytest.raises(SinkError, match="TLS certificate not trusted"):
+        client.url("/v2/")
+    client.close()
+
+
 def _endpoints(argv: list[str], counts: bool = False) -> list[tuple[Any, ...]]:
     """What ``convert ARGV`` opens ahead: (host, port, with TLS[, how many]), through the command line's own parser."""
     from transcoder.cli import build_parser
     from transcoder.cli.convert import _endpoints as endpoints
 
-    return [tuple(e) if counts else tuple(e)[:3] for e in endpoints(build_parser("convert").parse_args(["convert", *argv]))]
+    return [tuple(e)[:4] if counts else tuple(e)[:3] for e in endpoints(build_parser("convert").parse_args(["convert", *argv]))]
 
 
 def test_tls_is_made_ahead_only_where_it_is_certain(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,6 +250,15 @@ def test_tls_is_made_ahead_only_where_it_is_certain(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("ACTIONS_RESULTS_URL", "https://results.example/")
     assert _endpoints(["oci:img", "--to", "type=gha"]) == [("results.example", 443, True)]
     assert _endpoints(["oci:img", "--to", "type=gha,url_v2=http://127.0.0.1:8080/"]) == [("127.0.0.1", 8080, False)]
+
+
+def test_only_a_registry_that_may_be_plain_is_probed_ahead() -> None:
+    from transcoder.cli import build_parser
+    from transcoder.cli.convert import _endpoints as endpoints
+
+    args = build_parser("convert").parse_args(
+        ["convert", "docker://ghcr.io/a/b:1", "--to", "type=registry,ref=127.0.0.1:5000/x"])
+    assert [(e.host, e.probe) for e in endpoints(args)] == [("ghcr.io", False), ("127.0.0.1", True)]
 
 
 def test_docker_hubs_token_service_is_opened_ahead_beside_it() -> None:

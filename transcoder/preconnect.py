@@ -18,6 +18,11 @@ the TLS handshake, when asked for). A socket not taken within ``MAX_AGE``
 seconds, or closed by its server meanwhile, is never handed out; sockets
 never taken close when the process exits. Nothing is opened ahead when a
 proxy variable is set, since the connections would then go to the proxy.
+
+A registry that may be plain HTTP (on loopback, or insecure) is first asked
+whether it speaks TLS at all, which costs its client a round trip before its
+first request: :func:`probe_ahead` asks during the imports instead, on a
+connection of its own, and :func:`speaks_tls` gives the answer.
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from .eyeballs import Race, seconds_until
+from .eyeballs import Race, connect, seconds_until
 
 # Servers close a connection that sends nothing for a while (tens of seconds
 # in common front ends); a socket older than this is not trusted to be open.
 MAX_AGE = 5.0
 CONNECT_TIMEOUT = 10.0
+# A server that neither ends a TLS handshake nor refuses it within this is left undecided.
+PROBE_TIMEOUT = 5.0
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 
 _Key = tuple[str, int]
@@ -232,14 +239,81 @@ def take(host: str, port: int, timeout: float | None) -> socket.socket | None:
             return sock
 
 
+class _Probe:
+    """Whether one server answered a TLS handshake: True, False, or None (undecided)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.tls: bool | None = None
+        self.made = 0.0
+
+    def run(self, key: _Key) -> None:
+        try:
+            sock = connect(*key, CONNECT_TIMEOUT)
+        except OSError:  # not even TCP: undecided, the client's own probe reports it
+            sock = None
+        if sock is not None:
+            with sock:
+                self.tls = _speaks_tls(sock, key[0])
+        self.made = time.monotonic()
+        self.done.set()
+
+
+def _speaks_tls(sock: socket.socket, name: str) -> bool:
+    """Make a TLS handshake on ``sock``, trusting anything: only whether the
+    server speaks TLS is asked (whether to trust it is the client's question).
+    A plain HTTP server answers the client's hello with an HTTP error, or
+    closes: False. No answer in time is False too, as for the registry
+    client's own probe (:mod:`transcoder.registry.transport`)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    sock.settimeout(PROBE_TIMEOUT)
+    try:
+        with context.wrap_socket(sock, server_hostname=name, do_handshake_on_connect=False) as tls:
+            tls.do_handshake()
+    except (ssl.SSLError, OSError):  # TimeoutError included
+        return False
+    return True
+
+
+_probes: dict[_Key, _Probe] = {}
+
+
+def probe_ahead(host: str, port: int) -> None:
+    """Start finding out whether ``host``:``port`` speaks TLS, for :func:`speaks_tls`."""
+    if proxied():
+        return
+    key = (host.strip("[]"), port)
+    with _lock:
+        if key in _probes:
+            return
+        probe = _probes[key] = _Probe()
+    threading.Thread(target=probe.run, args=(key,), name="tls-probe", daemon=True).start()
+
+
+def speaks_tls(host: str, port: int, timeout: float | None) -> bool | None:
+    """What :func:`probe_ahead` found for ``host``:``port``, waiting up to
+    ``timeout`` for it: True or False, or None when it was not asked, has not
+    answered in time, could not connect, or answered more than ``MAX_AGE``
+    seconds ago (another server may listen there by now)."""
+    with _lock:
+        probe = _probes.get((host.strip("[]"), port))
+    if probe is None or not probe.done.wait(timeout) or time.monotonic() - probe.made > MAX_AGE:
+        return None
+    return probe.tls
+
+
 def forget() -> None:
-    """Close every connection not yet taken (tests; a process that changes its mind)."""
+    """Close every connection not yet taken, and forget what was probed (tests;
+    a process that changes its mind)."""
     with _lock:
         queues = list(_pending.values())
         _pending.clear()
+        _probes.clear()
     for queue in queues:
         for pending in queue:
             pending.drop()
 
 
-__all__ = ["MAX_AGE", "forget", "open_ahead", "proxied", "take"]
+__all__ = ["MAX_AGE", "forget", "open_ahead", "probe_ahead", "proxied", "speaks_tls", "take"]

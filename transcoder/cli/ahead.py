@@ -31,6 +31,7 @@ class Endpoint(NamedTuple):
     port: int
     secure: bool  # verified TLS and nothing else
     connections: int = CONNECTIONS_AHEAD
+    probe: bool = False  # a registry that may be plain HTTP: asked whether it speaks TLS (preconnect.probe_ahead)
 
 
 def start(endpoints: list[Endpoint]) -> None:
@@ -40,13 +41,16 @@ def start(endpoints: list[Endpoint]) -> None:
     from .. import preconnect, tls
 
     tls.warm()  # the CA bundle loads while the HTTP stack imports
-    for host, port, secure, connections in endpoints:
+    for host, port, secure, connections, probe in endpoints:
+        if probe:
+            preconnect.probe_ahead(host, port)
         preconnect.open_ahead(host, port, connections, tls.context if secure else None)
 
 
 def registry(text: str, insecure: bool) -> list[Endpoint]:
     """A registry reference's endpoint. One on loopback or insecure is probed
-    for TLS first (and may be plain HTTP), so only TCP is opened to it.
+    for TLS first (and may be plain HTTP), so only TCP is opened to it, and
+    the probe is made ahead too.
     Docker Hub's token service, which every request there needs first (even
     an anonymous pull), is known without asking: it is opened too."""
     from ..registry.reference import DOCKER_HUB_API, DOCKER_HUB_AUTH, is_loopback, parse_reference
@@ -55,7 +59,8 @@ def registry(text: str, insecure: bool) -> list[Endpoint]:
         ref = parse_reference(text, default_tag=None)
     except UsageError:
         return []
-    found = [Endpoint(*ref.endpoint, not (insecure or is_loopback(ref.api_host)))]
+    certain = not (insecure or is_loopback(ref.api_host))
+    found = [Endpoint(*ref.endpoint, certain, probe=not certain)]
     if ref.api_host == DOCKER_HUB_API and not insecure:
         found.append(Endpoint(DOCKER_HUB_AUTH, 443, True, TOKEN_CONNECTIONS))
     return found

@@ -37,19 +37,22 @@ import httpx
 if TYPE_CHECKING:
     import tenacity
 
-from .. import __version__
+from .. import __version__, preconnect
 from ..deadline import Deadline, current, scope
 from ..errors import AuthError, NotFound, SinkError, TransientError
 from ..httpclient import new_client
 from ..redact import Secret
 from .auth import RegistryAuth
 from .credentials import Credentials, load_docker_credentials
-from .reference import check_host, is_loopback
+from .reference import HTTPS_PORT, check_host, is_loopback, split_port
 
 ATTEMPTS = 4
 BACKOFF_BASE = 0.25
 BACKOFF_MAX = 4.0
 RETRY_AFTER_MAX = 30.0
+# How long the first request waits for a TLS probe made ahead and still under way
+# before it asks itself: the probe's own time bound, so waiting never costs more.
+PROBE_WAIT = 5.0
 T = TypeVar("T")
 
 
@@ -188,6 +191,9 @@ class RegistryHTTP:
         secure = f"https://{self.host}"
         if not self.plain_allowed:
             return secure
+        name, port = split_port(self.host)
+        if preconnect.speaks_tls(name, HTTPS_PORT if port is None else port, PROBE_WAIT) is False:
+            return f"http://{self.host}"  # asked while the program loaded (the command line's probe_ahead)
         try:
             with scope(Deadline(f"{self.where(None)}: probe", self.read_deadline)):
                 self._http.get(secure + "/v2/", auth=None, timeout=5.0).close()
