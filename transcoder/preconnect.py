@@ -42,7 +42,8 @@ from .eyeballs import Race, connect, seconds_until
 # in common front ends); a socket older than this is not trusted to be open.
 MAX_AGE = 5.0
 CONNECT_TIMEOUT = 10.0
-# A server that neither ends a TLS handshake nor refuses it within this is left undecided.
+# A server that neither ends a TLS handshake nor fails it within this is taken
+# for plain HTTP, as the registry client's own probe (with the same bound) takes it.
 PROBE_TIMEOUT = 5.0
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 

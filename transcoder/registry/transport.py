@@ -51,7 +51,8 @@ BACKOFF_BASE = 0.25
 BACKOFF_MAX = 4.0
 RETRY_AFTER_MAX = 30.0
 # How long the first request waits for a TLS probe made ahead and still under way
-# before it asks itself: the probe's own time bound, so waiting never costs more.
+# before it asks itself: the bound of its own probe (the GET below), which it would
+# otherwise spend waiting on that.
 PROBE_WAIT = 5.0
 T = TypeVar("T")
 
