@@ -206,6 +206,16 @@ def test_a_probe_is_undecided_when_not_asked_unconnected_or_old(server: Counting
     assert preconnect.speaks_tls("127.0.0.1", server.port, WAIT) is None  # another server may listen there now
 
 
+def test_a_server_silent_to_the_hello_is_taken_for_plain_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(preconnect, "PROBE_TIMEOUT", 0.2)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        preconnect.probe_ahead("127.0.0.1", port)
+        silent, _ = listener.accept()  # it never answers the TLS hello
+        with silent:
+            assert preconnect.speaks_tls("127.0.0.1", port, WAIT) is False
+
+
 @pytest.mark.peers
 def test_a_registry_probed_ahead_sends_no_probe_of_its_own(registry: Any) -> None:
     name, port = registry.host.rsplit(":", 1)
