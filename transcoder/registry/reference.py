@@ -60,6 +60,12 @@ def split_port(host: str) -> tuple[str, int | None]:
     return host, None
 
 
+def endpoint_of(host: str) -> tuple[str, int]:
+    """Where a connection to ``host`` (``name[:port]``) goes: the name and its port, else HTTPS's."""
+    name, port = split_port(host)
+    return name, HTTPS_PORT if port is None else port
+
+
 def is_loopback(host: str) -> bool:
     name = split_port(host)[0]
     return name in LOOPBACK_HOSTS or name.startswith("127.")
@@ -81,8 +87,7 @@ class Reference:
     @property
     def endpoint(self) -> tuple[str, int]:
         """Where the first connection goes: ``api_host`` and its port, else HTTPS's."""
-        name, port = split_port(self.api_host)
-        return name, HTTPS_PORT if port is None else port
+        return endpoint_of(self.api_host)
 
     @property
     def name(self) -> str:
@@ -140,4 +145,4 @@ def parse_reference(text: str, *, allow_digest: bool = True, default_tag: str | 
     return Reference(host, path, tag, digest)
 
 
-__all__ = ["Reference", "check_host", "check_repository", "check_tag", "is_loopback", "parse_reference"]
+__all__ = ["Reference", "check_host", "check_repository", "check_tag", "endpoint_of", "is_loopback", "parse_reference"]

@@ -44,7 +44,7 @@ from ..httpclient import new_client
 from ..redact import Secret
 from .auth import RegistryAuth
 from .credentials import Credentials, load_docker_credentials
-from .reference import HTTPS_PORT, check_host, is_loopback, split_port
+from .reference import check_host, endpoint_of, is_loopback
 
 ATTEMPTS = 4
 BACKOFF_BASE = 0.25
@@ -192,8 +192,7 @@ class RegistryHTTP:
         secure = f"https://{self.host}"
         if not self.plain_allowed:
             return secure
-        name, port = split_port(self.host)
-        if preconnect.speaks_tls(name, HTTPS_PORT if port is None else port, PROBE_WAIT) is False:
+        if preconnect.speaks_tls(*endpoint_of(self.host), PROBE_WAIT) is False:
             return f"http://{self.host}"  # asked while the program loaded (the command line's probe_ahead)
         try:
             with scope(Deadline(f"{self.where(None)}: probe", self.read_deadline)):
