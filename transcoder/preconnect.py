@@ -12,8 +12,8 @@ before them) on one thread per host; the connection pools of
 of connecting, waiting for one still on its way rather than starting
 another.
 
-Only the standard library is imported here, so the handshakes start before
-httpx has loaded. Nothing is sent on a socket before a pool takes it (but
+Only the standard library is imported here (and :mod:`transcoder.tls`, which
+imports no more), so the handshakes start before httpx has loaded. Nothing is sent on a socket before a pool takes it (but
 the TLS handshake, when asked for). A socket not taken within ``MAX_AGE``
 seconds, or closed by its server meanwhile, is never handed out; sockets
 never taken close when the process exits. Nothing is opened ahead when a
@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from . import tls
 from .eyeballs import Race, connect, seconds_until
 
 # Servers close a connection that sends nothing for a while (tens of seconds
@@ -48,6 +49,10 @@ PROBE_TIMEOUT = 5.0
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 
 _Key = tuple[str, int]
+
+
+def _key(host: str, port: int) -> _Key:
+    return host.strip("[]"), port  # an IPv6 literal as a URL writes it, as socket wants it
 
 
 class _Pending:
@@ -214,7 +219,7 @@ def open_ahead(host: str, port: int, count: int, secure: Callable[[], ssl.SSLCon
     must be the one the pools use: see :class:`transcoder.httpclient.Secured`)."""
     if count <= 0 or proxied():
         return
-    key = (host.strip("[]"), port)  # an IPv6 literal as a URL writes it, as socket wants it
+    key = _key(host, port)
     made = [_Pending() for _ in range(count)]
     with _lock:
         _pending.setdefault(key, []).extend(made)
@@ -228,7 +233,7 @@ def take(host: str, port: int, timeout: float | None) -> socket.socket | None:
     TimeoutError when the one waited for has not connected in ``timeout``: a
     connection started now would wait longer still, so the caller's connect
     fails as its own would have (and a retry connects anew)."""
-    key = (host.strip("[]"), port)
+    key = _key(host, port)
     while True:
         with _lock:
             queue = _pending.get(key)
@@ -266,13 +271,10 @@ def _speaks_tls(sock: socket.socket, name: str) -> bool:
     A plain HTTP server answers the client's hello with an HTTP error, or
     closes: False. No answer in time is False too, as for the registry
     client's own probe (:mod:`transcoder.registry.transport`)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
     sock.settimeout(PROBE_TIMEOUT)
     try:
-        with context.wrap_socket(sock, server_hostname=name, do_handshake_on_connect=False) as tls:
-            tls.do_handshake()
+        with tls.context(verify=False).wrap_socket(sock, server_hostname=name, do_handshake_on_connect=False) as conn:
+            conn.do_handshake()
     except (ssl.SSLError, OSError):  # TimeoutError included
         return False
     return True
@@ -285,7 +287,7 @@ def probe_ahead(host: str, port: int) -> None:
     """Start finding out whether ``host``:``port`` speaks TLS, for :func:`speaks_tls`."""
     if proxied():
         return
-    key = (host.strip("[]"), port)
+    key = _key(host, port)
     with _lock:
         if key in _probes:
             return
@@ -299,7 +301,7 @@ def speaks_tls(host: str, port: int, timeout: float | None) -> bool | None:
     answered in time, could not connect, or answered more than ``MAX_AGE``
     seconds ago (another server may listen there by now)."""
     with _lock:
-        probe = _probes.get((host.strip("[]"), port))
+        probe = _probes.get(_key(host, port))
     if probe is None or not probe.done.wait(timeout) or time.monotonic() - probe.made > MAX_AGE:
         return None
     return probe.tls
