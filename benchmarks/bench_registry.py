@@ -441,6 +441,7 @@ def report(results: dict[str, Any], tar_bytes: int, out: Path | None) -> None:
     print_wire_floor(results["stage"], results["wire"], runs)
     print_edges(results["stage"], results["wire"], runs)
     print_runtime_floor(results["stage"], results["wire"], results["runtime"], runs)
+    print_budget(results["stage"], results["wire"], runs)
     print("\n| unchanged rerun (ours add) | wall s | layers | requests | by kind | blobs uploaded |")
     print("|---|---|---|---|---|---|")
     for u in results["unchanged"]:
@@ -514,6 +515,21 @@ def print_runtime_floor(stage: list[float], wire: list[tuple[float, float]], run
     print(f"floor with transfers plus the runtime's start and exit (the interpreter importing httpx and nothing "
           f"else, {statistics.median(runtime):.3f} s): {statistics.median(floors):.2f} s; "
           + against(floors, runs, "any Python program on httpx"))
+
+
+def print_budget(stage: list[float], wire: list[tuple[float, float]], runs: dict[str, list[Run]]) -> None:
+    """The CPU a run may spend and still meet the target: skopeo's wall over
+    the target, on every core. Ours (client plus registry, every cost counted)
+    and the floor with transfers are given as shares of it, per repetition;
+    above 1, no scheduling can meet the target without spending less."""
+    cores = os.cpu_count() or 1
+    budgets = [k.wall / TARGET * cores for k in runs["skopeo"]]
+    spent = sorted((o.cpu + o.registry_cpu) / b for o, b in zip(runs["ours replace"], budgets, strict=True))
+    floor = sorted(2 * f / b for f, b in zip(wire_floors(stage, wire), budgets, strict=True))
+    print(f"CPU budget at {TARGET}x skopeo (its wall / {TARGET} on {cores} cores): {statistics.median(budgets):.2f} "
+          f"CPU-s; ours (replace, client + registry) spent {statistics.median(spent):.2f} of it (range "
+          f"{spent[0]:.2f}-{spent[-1]:.2f}); the stage work and moving the bytes alone take "
+          f"{statistics.median(floor):.2f} ({floor[0]:.2f}-{floor[-1]:.2f})")
 
 
 if __name__ == "__main__":
