@@ -520,12 +520,13 @@ def print_runtime_floor(stage: list[float], wire: list[tuple[float, float]], run
 def print_budget(stage: list[float], wire: list[tuple[float, float]], runs: dict[str, list[Run]]) -> None:
     """The CPU a run may spend and still meet the target: skopeo's wall over
     the target, on every core. Ours (client plus registry, every cost counted)
-    and the floor with transfers are given as shares of it, per repetition;
-    above 1, no scheduling can meet the target without spending less."""
+    and the floor with transfers (the stage work and both sides' CPU of
+    moving the bytes) are given as shares of it, per repetition; above 1, no
+    scheduling can meet the target without spending less."""
     cores = os.cpu_count() or 1
     budgets = [k.wall / TARGET * cores for k in runs["skopeo"]]
     spent = sorted((o.cpu + o.registry_cpu) / b for o, b in zip(runs["ours replace"], budgets, strict=True))
-    floor = sorted(2 * f / b for f, b in zip(wire_floors(stage, wire), budgets, strict=True))
+    floor = sorted((w + c + r) / b for w, (c, r), b in zip(stage, wire, budgets, strict=True))
     print(f"CPU budget at {TARGET}x skopeo (its wall / {TARGET} on {cores} cores): {statistics.median(budgets):.2f} "
           f"CPU-s; ours (replace, client + registry) spent {statistics.median(spent):.2f} of it (range "
           f"{spent[0]:.2f}-{spent[-1]:.2f}); the stage work and moving the bytes alone take "
