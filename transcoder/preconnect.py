@@ -44,7 +44,7 @@ from .eyeballs import Race, connect, seconds_until
 MAX_AGE = 5.0
 CONNECT_TIMEOUT = 10.0
 # A server that neither ends a TLS handshake nor fails it within this is taken
-# for plain HTTP, as the registry client's own probe (with the same bound) takes it.
+# for plain HTTP, as the registry client's own probe, bounded by this too, takes it.
 PROBE_TIMEOUT = 5.0
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 

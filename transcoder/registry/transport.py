@@ -50,10 +50,11 @@ ATTEMPTS = 4
 BACKOFF_BASE = 0.25
 BACKOFF_MAX = 4.0
 RETRY_AFTER_MAX = 30.0
-# How long the first request waits for a TLS probe made ahead and still under way
-# before it asks itself: the bound of its own probe (the GET below), which it would
-# otherwise spend waiting on that.
-PROBE_WAIT = 5.0
+# The bound of the client's own TLS probe (the GET in _probe); the probe made ahead
+# has the same one, so both take a silent server alike. The first request waits as
+# long for a probe made ahead and still under way before it asks itself: its own
+# probe would spend that time waiting anyway.
+PROBE_WAIT = preconnect.PROBE_TIMEOUT
 T = TypeVar("T")
 
 
@@ -196,7 +197,7 @@ class RegistryHTTP:
             return f"http://{self.host}"  # asked while the program loaded (the command line's probe_ahead)
         try:
             with scope(Deadline(f"{self.where(None)}: probe", self.read_deadline)):
-                self._http.get(secure + "/v2/", auth=None, timeout=5.0).close()
+                self._http.get(secure + "/v2/", auth=None, timeout=PROBE_WAIT).close()
             return secure
         except httpx.TransportError as exc:
             if (reason := _untrusted(exc)) is not None:  # it speaks TLS: never fall back to plain HTTP
